@@ -1,0 +1,62 @@
+"""Argument checks shared by every layer.
+
+Each check raises ``ValueError`` (or ``TypeError`` for a wrong type) with a
+message that names the parameter, the value received and the allowed values, so
+that every rank, given the same input, raises the same message.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterable
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking its type and range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, minimum: float | None = None) -> float:
+    """Return ``value`` as a ``float`` after checking its type and lower bound."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number{_range_text(minimum, None)}; got {value!r}")
+    value = float(value)
+    if minimum is not None and not value >= minimum:
+        raise ValueError(f"{name} must be a real number{_range_text(minimum, None)}; got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
+def per_level(name: str, value: Any, n: int) -> list:
+    """Expand a scalar or a list into one entry per level for ``n`` levels.
+
+    A list shorter than ``n`` is an error; a longer one is cut, so that one
+    list can serve hierarchies that stop coarsening early.
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) < n:
+            raise ValueError(f"{name} must be a single value or a list of at least {n} entries (one per level); got {value!r}")
+        return list(value[:n])
+    return [value] * n
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" between {minimum} and {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""

@@ -1,0 +1,188 @@
+"""Communication backends: the only module that imports mpi4py.
+
+The solver talks to a :class:`Backend`; it never sees a communicator. Boundary
+states travel through :class:`Channel` objects: one persistent send buffer and
+one receive buffer per channel, reused across iterations, filled by copying and
+sent with non-blocking, buffer-based (never pickled) point-to-point calls.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import _arrays
+
+
+class Request(Protocol):
+    def Wait(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What the solver needs from a communicator."""
+
+    rank: int
+    size: int
+    bytes_sent: int
+
+    def isend(self, buffer: Any, dest: int, tag: int) -> Request: ...
+
+    def irecv(self, buffer: Any, source: int, tag: int) -> Request: ...
+
+    def allreduce_sum(self, value: float) -> float: ...
+
+    def allgather(self, value: Any) -> list: ...
+
+    def gather(self, value: Any) -> list | None: ...
+
+
+class SerialBackend:
+    """One rank, no messages."""
+
+    rank = 0
+    size = 1
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0
+
+    def isend(self, buffer: Any, dest: int, tag: int) -> Request:
+        raise RuntimeError("the serial backend has no neighbour to send to")
+
+    def irecv(self, buffer: Any, source: int, tag: int) -> Request:
+        raise RuntimeError("the serial backend has no neighbour to receive from")
+
+    def allreduce_sum(self, value: float) -> float:
+        return value
+
+    def allgather(self, value: Any) -> list:
+        return [value]
+
+    def gather(self, value: Any) -> list | None:
+        return [value]
+
+
+class MPIBackend:
+    """An mpi4py communicator behind the :class:`Backend` protocol."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.bytes_sent = 0
+
+    def isend(self, buffer: Any, dest: int, tag: int) -> Request:
+        self.bytes_sent += _arrays.nbytes(buffer)
+        return self.comm.Isend(_arrays.mpi_buffer(buffer), dest=dest, tag=tag)
+
+    def irecv(self, buffer: Any, source: int, tag: int) -> Request:
+        return self.comm.Irecv(_arrays.mpi_buffer(buffer), source=source, tag=tag)
+
+    def allreduce_sum(self, value: float) -> float:
+        send = np.array([value], dtype=np.float64)
+        recv = np.empty_like(send)
+        self.comm.Allreduce(send, recv, op=self._mpi.SUM)
+        return float(recv[0])
+
+    def allgather(self, value: Any) -> list:
+        return self.comm.allgather(value)
+
+    def gather(self, value: Any) -> list | None:
+        return self.comm.gather(value, root=0)
+
+
+def backend_for(comm: Any | None) -> Backend:
+    """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``)."""
+    if comm is None:
+        return SerialBackend()
+    if isinstance(comm, (SerialBackend, MPIBackend)):
+        return comm
+    if comm.Get_size() == 1:
+        return SerialBackend()
+    return MPIBackend(comm)
+
+
+def world() -> Any | None:
+    """``MPI.COMM_WORLD`` when mpi4py is importable and more than one rank runs, else ``None``."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def install_abort_on_error(comm: Any | None) -> None:
+    """Make an uncaught exception on any rank end every rank.
+
+    Without this, the ranks that did not fail wait forever for a message from
+    the one that did. The hook prints the traceback and calls ``MPI_Abort``.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return
+
+    def hook(kind, value, tb):  # pragma: no cover - runs at interpreter exit
+        traceback.print_exception(kind, value, tb)
+        sys.stderr.write(f"rank {comm.Get_rank()}: aborting all {comm.Get_size()} ranks\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+class Channel:
+    """A one-way boundary link: send to the right neighbour, receive from the left.
+
+    Parameters
+    ----------
+    backend
+        The communicator backend.
+    left, right
+        Neighbour ranks, or ``None`` at the ends.
+    tag
+        Message tag, unique per (level, purpose).
+    template
+        A state with the shape and dtype of the messages.
+    """
+
+    def __init__(self, backend: Backend, left: int | None, right: int | None, tag: int, template: Any) -> None:
+        self.backend = backend
+        self.left = left
+        self.right = right
+        self.tag = tag
+        self._recv_buffer = _arrays.empty_like(template) if left is not None else None
+        self._send_buffer = _arrays.empty_like(template) if right is not None else None
+        self._recv_request: Request | None = None
+        self._send_request: Request | None = None
+
+    def post_recv(self) -> None:
+        """Start receiving the left neighbour's state (no-op at the left end)."""
+        if self.left is not None:
+            self._recv_request = self.backend.irecv(self._recv_buffer, self.left, self.tag)
+
+    def wait_recv(self) -> Any:
+        """Finish the posted receive; the buffer is valid until the next :meth:`post_recv`."""
+        if self._recv_request is None:
+            raise RuntimeError("wait_recv called without a posted receive")
+        self._recv_request.Wait()
+        self._recv_request = None
+        return self._recv_buffer
+
+    def send(self, state: Any) -> None:
+        """Copy ``state`` into the send buffer and start sending it (no-op at the right end)."""
+        if self.right is None:
+            return
+        if self._send_request is not None:
+            self._send_request.Wait()
+        _arrays.copy_into(self._send_buffer, state)
+        self._send_request = self.backend.isend(self._send_buffer, self.right, self.tag)
+
+    def close(self) -> None:
+        """Wait for an outstanding send."""
+        if self._send_request is not None:
+            self._send_request.Wait()
+            self._send_request = None

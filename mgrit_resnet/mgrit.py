@@ -1,0 +1,386 @@
+"""Nonlinear (FAS) multigrid reduction in time over a distributed hierarchy.
+
+The solver is written only against three things: a :class:`~mgrit_resnet.problems.Problem`
+(one step on a level and interval), a :class:`~mgrit_resnet.hierarchy.Hierarchy`
+(points, C/F splitting, ownership) and a communication backend. It knows nothing
+about what the states are.
+
+On every level the system is ``u_j = Phi_l(u_{j-1}) + g_j`` for ``j > 0`` with
+``u_0`` the initial value and ``g = 0`` on the fine level. Point 0 is never
+changed. Every exchange between ranks follows one pattern: a rank sends its
+last point of a level to the owner of the next point and receives the point
+before its first one. F-relaxation continues an F-interval across a rank
+boundary with the freshly relaxed neighbour value, so the iteration does the
+same arithmetic at every rank count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any, Sequence
+
+from . import _arrays
+from ._checks import check_choice, check_float, check_int, per_level
+from .comm import Backend, Channel, backend_for
+from .hierarchy import Hierarchy
+from .problems.base import Problem
+from .result import SolveResult
+
+CYCLES = ("V", "F")
+TOL_KINDS = ("absolute", "relative")
+INITIAL_GUESSES = ("zero", "initial_value", "sequential_coarse")
+_RELAX_PATTERN = re.compile(r"F(CF)*")
+_RELAX_TAG, _RESTRICT_TAG, _COARSE_TAG = 0, 1, 2
+
+
+def parse_relax(relax: str) -> int:
+    """Number of CF sweeps in a relaxation string ``F(CF)^k`` ("F", "FCF", "FCFCF", ...)."""
+    if not isinstance(relax, str) or not _RELAX_PATTERN.fullmatch(relax):
+        raise ValueError(f"relax must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {relax!r}")
+    return (len(relax) - 1) // 2
+
+
+class _Level:
+    """The states this rank holds on one level, and its channels."""
+
+    def __init__(self, hierarchy: Hierarchy, level: int, rank: int) -> None:
+        self.index = level
+        self.m = hierarchy.factor(level)
+        self.stride = hierarchy.stride(level)
+        self.own = hierarchy.owned(level, rank)
+        self.left = hierarchy.left(level, rank)
+        self.right = hierarchy.right(level, rank)
+        # Owned C-points, as indices of the next coarser level (== that level's owned points).
+        self.c_own = range(-(-self.own.start // self.m), -(-self.own.stop // self.m))
+        self.n_cf = 0
+        self.u: list[Any] = []
+        self.g: list[Any] | None = None
+        self.ghost: Any = None
+        self.channels: dict[int, Channel] = {}
+
+
+class MGRIT:
+    """Nonlinear FAS multigrid-reduction-in-time solver.
+
+    Parameters
+    ----------
+    problem
+        The time-stepping problem (see :class:`~mgrit_resnet.problems.Problem`).
+    levels
+        Maximum number of levels; 1 is a sequential solve.
+    coarsening
+        Coarsening factor (>= 2), or a list with one factor per level.
+    min_coarse
+        No level with fewer points than this is created.
+    relax
+        ``"F"``, ``"FCF"``, ``"FCFCF"``, ... or a list with one entry per level.
+    c_weight
+        Weight ``w`` of C-relaxation: ``u_c <- (1 - w) u_c + w (Phi(u_{c-1}) + g_c)``.
+    cycle
+        ``"V"`` or ``"F"``.
+    tol, tol_kind
+        Stop when the residual is at most ``tol`` (``"absolute"``) or at most
+        ``tol`` times the first residual computed (``"relative"``).
+    max_iter
+        Maximum number of iterations.
+    initial_guess
+        ``"zero"``, ``"initial_value"`` (every point holds the initial value)
+        or ``"sequential_coarse"`` (a sequential solve on the coarsest level,
+        interpolated down). States passed to :meth:`solve` take precedence.
+    skip_first_down
+        Skip relaxation and the residual restriction on the first down-cycle:
+        the first iteration is a coarsest-level sequential solve interpolated up.
+    comm
+        An mpi4py communicator, a backend from :mod:`mgrit_resnet.comm`, or
+        ``None`` for one rank.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        levels: int = 2,
+        coarsening: int | Sequence[int] = 2,
+        min_coarse: int = 2,
+        relax: str | Sequence[str] = "FCF",
+        c_weight: float = 1.0,
+        cycle: str = "V",
+        tol: float = 1e-9,
+        tol_kind: str = "absolute",
+        max_iter: int = 50,
+        initial_guess: str = "zero",
+        skip_first_down: bool = False,
+        comm: Any = None,
+    ) -> None:
+        self.problem = problem
+        self.backend: Backend = backend_for(comm)
+        self.hierarchy = Hierarchy.build(problem.n_steps + 1, levels, coarsening, min_coarse, self.backend.size)
+        self.relax = [parse_relax(r) for r in per_level("relax", relax, max(check_int("levels", levels, minimum=1) - 1, 1))]
+        self.c_weight = check_float("c_weight", c_weight, minimum=0.0)
+        if self.c_weight == 0.0:
+            raise ValueError(f"c_weight must be a real number > 0; got {c_weight!r}")
+        self.cycle = check_choice("cycle", cycle, CYCLES)
+        self.tol = check_float("tol", tol, minimum=0.0)
+        self.tol_kind = check_choice("tol_kind", tol_kind, TOL_KINDS)
+        self.max_iter = check_int("max_iter", max_iter, minimum=0)
+        self.initial_guess = check_choice("initial_guess", initial_guess, INITIAL_GUESSES)
+        if not isinstance(skip_first_down, bool):
+            raise TypeError(f"skip_first_down must be true or false; got {skip_first_down!r}")
+        self.skip_first_down = skip_first_down
+        self._steps = 0
+
+    # ------------------------------------------------------------------ driver
+    def solve(self, initial_guess: Sequence[Any] | None = None) -> SolveResult:
+        """Iterate until the tolerance is met or ``max_iter`` iterations are done.
+
+        Parameters
+        ----------
+        initial_guess
+            Optional warm start: this rank's fine-level states, one per owned
+            point (``result.states`` of an earlier solve). Point 0 always takes
+            the problem's initial value.
+        """
+        start_time = time.perf_counter()
+        backend = self.backend
+        bytes_before = backend.bytes_sent
+        self._steps = 0
+        u0 = self.problem.initial_value()
+        self._levels = self._make_levels(u0)
+        fine = self._levels[0]
+        self._set_initial_guess(fine, u0, initial_guess)
+
+        residuals: list[float] = []
+        initial_residual = None
+        iteration = 0
+        if self.skip_first_down and self.max_iter > 0:
+            self._coarse_pass()
+            iteration = 1
+        while True:
+            self._f_relax(fine)
+            phi = self._probe(fine)
+            residual = self._residual_norm(fine, phi)
+            if iteration == 0:
+                initial_residual = residual
+            else:
+                residuals.append(residual)
+            reference = initial_residual if initial_residual is not None else residuals[0]
+            threshold = self.tol if self.tol_kind == "absolute" else self.tol * reference
+            converged = residual <= threshold
+            if converged or iteration >= self.max_iter:
+                break
+            iteration += 1
+            if len(self._levels) == 1:
+                self._solve_coarsest(fine)
+            else:
+                self._cycle(0, self.cycle, phi)
+
+        for level in self._levels:
+            for channel in level.channels.values():
+                channel.close()
+        steps = backend.allgather(self._steps)
+        sent = backend.allgather(backend.bytes_sent - bytes_before)
+        wall = max(backend.allgather(time.perf_counter() - start_time))
+        return SolveResult(
+            residuals=residuals,
+            initial_residual=initial_residual,
+            iterations=iteration,
+            converged=converged,
+            points_per_level=self.hierarchy.points_per_level(),
+            ranks=backend.size,
+            steps_per_rank=steps,
+            bytes_per_rank=sent,
+            wall_time=wall,
+            states=list(fine.u),
+            owned=fine.own,
+        )
+
+    def gather_states(self, result: SolveResult) -> list[Any] | None:
+        """Collective: all fine-level states in time order on rank 0, ``None`` elsewhere."""
+        parts = self.backend.gather(result.states)
+        return None if parts is None else [state for part in parts for state in part]
+
+    # ------------------------------------------------------------------ setup
+    def _make_levels(self, template: Any) -> list[_Level]:
+        rank = self.backend.rank
+        levels = []
+        for index in range(self.hierarchy.n_levels):
+            level = _Level(self.hierarchy, index, rank)
+            if index < self.hierarchy.n_levels - 1:
+                level.n_cf = self.relax[index]
+            for purpose in (_RELAX_TAG, _RESTRICT_TAG, _COARSE_TAG):
+                level.channels[purpose] = Channel(self.backend, level.left, level.right, 3 * index + purpose, template)
+            levels.append(level)
+        return levels
+
+    def _set_initial_guess(self, fine: _Level, u0: Any, states: Sequence[Any] | None) -> None:
+        own = fine.own
+        if states is not None:
+            if len(states) != len(own):
+                raise ValueError(f"initial_guess must hold one state per owned point ({len(own)} on rank {self.backend.rank}); got {len(states)}")
+            fine.u = [_arrays.copy(s) for s in states]
+        elif self.initial_guess == "initial_value":
+            fine.u = [_arrays.copy(u0) for _ in own]
+        else:
+            fine.u = [_arrays.zeros_like(u0) for _ in own]
+        if own.start == 0:
+            fine.u[0] = u0
+        if states is None and self.initial_guess == "sequential_coarse":
+            self._coarse_pass()
+
+    # ------------------------------------------------------------------ cycles
+    def _cycle(self, index: int, kind: str, phi: list | None = None) -> None:
+        level = self._levels[index]
+        last = len(self._levels) - 1
+        if index == last:
+            self._solve_coarsest(level)
+            return
+        phi = self._relax(level, phi)
+        coarse = self._levels[index + 1]
+        self._restrict(level, coarse, phi)
+        if kind == "F" and index + 1 < last:
+            self._cycle(index + 1, "F")
+        self._cycle(index + 1, "V")
+        if index + 1 < last:
+            self._f_relax(coarse)
+        self._correct(level, coarse)
+
+    def _coarse_pass(self) -> None:
+        """Inject down without relaxation (``g = 0``), solve the coarsest level, interpolate up."""
+        levels = self._levels
+        for level, coarse in zip(levels, levels[1:]):
+            coarse.u = [level.u[j * level.m - level.own.start] for j in coarse.own]
+            coarse.g = None
+        self._solve_coarsest(levels[-1])
+        for index in range(len(levels) - 2, -1, -1):
+            if index + 1 < len(levels) - 1:
+                self._f_relax(levels[index + 1])
+            self._correct(levels[index], levels[index + 1])
+
+    # ------------------------------------------------------------------ pieces
+    def _advance(self, level: _Level, state: Any, j: int) -> Any:
+        """``Phi_l(state)`` from point ``j - 1`` to ``j``, plus ``g_j``."""
+        value = self._phi(level, state, j)
+        if level.g is not None:
+            g = level.g[j - level.own.start]
+            if g is not None:
+                value = value + g
+        return value
+
+    def _phi(self, level: _Level, state: Any, j: int) -> Any:
+        self._steps += 1
+        return self.problem.step(state, (j - 1) * level.stride, j * level.stride, level.index)
+
+    def _relax(self, level: _Level, phi: list | None) -> list:
+        """F(CF)^k relaxation; returns ``Phi(u_{c-1})`` at the owned C-points after the last F-sweep."""
+        if phi is None:
+            self._f_relax(level)
+            phi = self._probe(level)
+        for _ in range(level.n_cf):
+            self._c_apply(level, phi)
+            self._f_relax(level)
+            phi = self._probe(level)
+        return phi
+
+    def _f_relax(self, level: _Level) -> None:
+        own, m, u = level.own, level.m, level.u
+        if not own:
+            return
+        a, b = own.start, own.stop
+        channel = level.channels[_RELAX_TAG]
+        channel.post_recv()
+        first_c = -(-a // m) * m
+        last_c = (b - 1) // m * m
+        level.ghost = None
+        if first_c != a:
+            # This block starts inside an F-interval: continue the left neighbour's sweep.
+            state = channel.wait_recv()
+            for j in range(a, min(first_c, b)):
+                state = u[j - a] = self._advance(level, state, j)
+        if last_c >= a:
+            self._f_interval(level, last_c)  # the trailing interval first, so the send goes out early
+        channel.send(u[b - 1 - a])
+        for c in range(first_c, last_c, m):
+            self._f_interval(level, c)
+        if first_c == a and level.left is not None:
+            level.ghost = channel.wait_recv()
+
+    def _f_interval(self, level: _Level, c: int) -> None:
+        a, u = level.own.start, level.u
+        state = u[c - a]
+        for j in range(c + 1, min(c + level.m, level.own.stop)):
+            state = u[j - a] = self._advance(level, state, j)
+
+    def _probe(self, level: _Level) -> list:
+        """``Phi(u_{c-1})`` for each owned C-point (``None`` at point 0)."""
+        a, m, u = level.own.start, level.m, level.u
+        phi = []
+        for jc in level.c_own:
+            c = jc * m
+            if c == 0:
+                phi.append(None)
+                continue
+            previous = level.ghost if c == a else u[c - 1 - a]
+            phi.append(self._phi(level, previous, c))
+        return phi
+
+    def _c_apply(self, level: _Level, phi: list) -> None:
+        a, m, u, w = level.own.start, level.m, level.u, self.c_weight
+        for jc, value in zip(level.c_own, phi):
+            if value is None:
+                continue
+            c = jc * m
+            if level.g is not None and level.g[c - a] is not None:
+                value = value + level.g[c - a]
+            u[c - a] = value if w == 1.0 else (1.0 - w) * u[c - a] + w * value
+
+    def _residual_norm(self, level: _Level, phi: list) -> float:
+        local = 0.0
+        a, m = level.own.start, level.m
+        for jc, value in zip(level.c_own, phi):
+            if value is not None:
+                local += _arrays.squared_norm(value - level.u[jc * m - a])
+        return math.sqrt(self.backend.allreduce_sum(local))
+
+    def _restrict(self, level: _Level, coarse: _Level, phi: list) -> None:
+        """Inject the C-points and form the FAS right-hand side of the coarse level."""
+        a, m = level.own.start, level.m
+        coarse.u = [level.u[j * m - a] for j in coarse.own]
+        if not coarse.own:
+            coarse.g = []
+            return
+        channel = coarse.channels[_RESTRICT_TAG]
+        channel.post_recv()
+        channel.send(coarse.u[-1])
+        ghost = channel.wait_recv() if coarse.left is not None else None
+        g = []
+        for k, j in enumerate(coarse.own):
+            if j == 0:
+                g.append(None)
+                continue
+            fine_part = phi[k]
+            if level.g is not None and level.g[j * m - a] is not None:
+                fine_part = fine_part + level.g[j * m - a]
+            previous = ghost if k == 0 else coarse.u[k - 1]
+            g.append(fine_part - self._phi(coarse, previous, j))
+        coarse.g = g
+
+    def _solve_coarsest(self, level: _Level) -> None:
+        own, u = level.own, level.u
+        if not own:
+            return
+        channel = level.channels[_COARSE_TAG]
+        channel.post_recv()
+        state = channel.wait_recv() if level.left is not None else None
+        for j in own:
+            if j == 0:
+                state = u[0]
+                continue
+            state = u[j - own.start] = self._advance(level, state, j)
+        channel.send(u[-1])
+
+    def _correct(self, level: _Level, coarse: _Level) -> None:
+        a, m = level.own.start, level.m
+        for k, j in enumerate(coarse.own):
+            level.u[j * m - a] = coarse.u[k]

@@ -1,0 +1,55 @@
+"""The Dahlquist test equation ``u' = z u``."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._checks import check_choice
+from .base import UniformGrid
+
+SCHEMES = ("forward_euler", "backward_euler", "trapezoid")
+
+
+class Dahlquist(UniformGrid):
+    """``u' = z u``, ``u(0) = 1``, with a one-step scheme of amplification factor ``R(z dt)``.
+
+    Parameters
+    ----------
+    z
+        The eigenvalue; complex values are allowed.
+    t_final, n_steps
+        The fine grid.
+    scheme
+        ``"forward_euler"``, ``"backward_euler"`` or ``"trapezoid"``; coarse
+        levels use the same scheme with the longer step.
+    """
+
+    def __init__(self, z: complex = -1.0, t_final: float = 5.0, n_steps: int = 100, scheme: str = "backward_euler") -> None:
+        super().__init__(t_final, n_steps)
+        if isinstance(z, bool) or not isinstance(z, numbers.Complex):
+            raise TypeError(f"z must be a real or complex number; got {z!r}")
+        self.z = complex(z) if complex(z).imag != 0 else float(complex(z).real)
+        self.scheme = check_choice("scheme", scheme, SCHEMES)
+        self._dtype = np.complex128 if isinstance(self.z, complex) else np.float64
+        self._factors: dict[int, complex] = {}
+
+    def amplification(self, dt: float) -> complex:
+        """The scheme's factor ``R(z dt)``: one step multiplies the state by it."""
+        x = self.z * dt
+        if self.scheme == "forward_euler":
+            return 1 + x
+        if self.scheme == "backward_euler":
+            return 1 / (1 - x)
+        return (1 + x / 2) / (1 - x / 2)
+
+    def initial_value(self) -> np.ndarray:
+        return np.ones(1, dtype=self._dtype)
+
+    def step(self, u: np.ndarray, start: int, stop: int, level: int) -> np.ndarray:
+        width = stop - start
+        factor = self._factors.get(width)
+        if factor is None:
+            factor = self._factors[width] = self.amplification(self.interval(start, stop))
+        return u * factor
