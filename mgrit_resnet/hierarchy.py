@@ -40,7 +40,7 @@ class Hierarchy:
         check_int("n_points", self.n_points, minimum=2)
         for factor in self.factors:
             check_int("coarsening", factor, minimum=2)
-        check_int("ranks", self.n_ranks, minimum=1, maximum=self.n_points)
+        _check_ranks(self.n_ranks, self.n_points)
 
     @classmethod
     def build(
@@ -71,7 +71,7 @@ class Hierarchy:
         levels = check_int("levels", levels, minimum=1)
         min_coarse = check_int("min_coarse", min_coarse, minimum=2)
         factors = [check_int("coarsening", f, minimum=2) for f in per_level("coarsening", coarsening, levels - 1)]
-        check_int("ranks", n_ranks, minimum=1, maximum=n_points)
+        _check_ranks(n_ranks, n_points)
         kept: list[int] = []
         points = n_points
         for factor in factors:
@@ -137,3 +137,11 @@ class Hierarchy:
         if not own or own.stop >= self.points(level):
             return None
         return self.owner(level, own.stop)
+
+
+def _check_ranks(n_ranks: int, n_points: int) -> None:
+    check_int("ranks", n_ranks, minimum=1)
+    if n_ranks > n_points:
+        raise ValueError(
+            f"ranks must be between 1 and the number of time points ({n_points}): every rank needs at least one point; got {n_ranks}"
+        )

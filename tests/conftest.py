@@ -1,0 +1,21 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def mpirun(n: int, args: list[str], timeout: float = 240.0, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (or a console command) under ``mpiexec -n n`` and return the finished process."""
+    if not MPIEXEC.exists():
+        pytest.fail(f"mpiexec not found next to {sys.executable}: run `make setup` (pip install mpich mpi4py)")
+    args = [sys.executable if a == "python" else a for a in args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([str(MPIEXEC), "-n", str(n), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mpiexec -n {n} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

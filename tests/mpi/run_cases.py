@@ -1,0 +1,53 @@
+"""Run every case of ``mpi_cases`` on MPI.COMM_WORLD; rank 0 writes JSON to argv[1].
+
+Also checks that bad input raises the same message on every rank.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mgrit_resnet as mr  # noqa: E402
+from mpi_cases import CASES, run_case  # noqa: E402
+
+comm = MPI.COMM_WORLD
+mr.comm.install_abort_on_error(comm)
+
+
+def encode(states):
+    return [np.stack([np.real(s), np.imag(s)]).tolist() for s in states]
+
+
+out = {"ranks": comm.Get_size(), "cases": {}, "errors": {}}
+for name in CASES:
+    solver, result = run_case(name, comm)
+    states = solver.gather_states(result)
+    if comm.Get_rank() == 0:
+        out["cases"][name] = dict(result.to_json(), states=encode(states))
+
+bad_inputs = {
+    "coarsening": dict(coarsening=1),
+    "levels": dict(levels=0),
+    "relax": dict(relax="FFC"),
+    "cycle": dict(cycle="W"),
+}
+for key, options in bad_inputs.items():
+    try:
+        mr.MGRIT(mr.problems.Dahlquist(n_steps=20), comm=comm, **options)
+        message = "no error"
+    except ValueError as error:
+        message = f"ValueError: {error}"
+    out["errors"][key] = comm.allgather(message)
+try:
+    mr.MGRIT(mr.problems.Dahlquist(n_steps=comm.Get_size() - 2), comm=comm)
+    message = "no error"
+except ValueError as error:
+    message = f"ValueError: {error}"
+out["errors"]["ranks"] = comm.allgather(message)
+
+if comm.Get_rank() == 0:
+    Path(sys.argv[1]).write_text(json.dumps(out))

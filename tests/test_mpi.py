@@ -1,0 +1,87 @@
+"""The distributed solver against the serial one, at 1, 2, 3 and 4 ranks.
+
+One ``mpiexec`` launch per rank count runs every case of ``mpi_cases``; the
+tests compare each with the same case solved in this process.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import mpirun
+from mpi_cases import CASES, EXACT, run_case
+
+pytestmark = pytest.mark.mpi
+RANKS = [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for n in RANKS:
+        path = tmp_path_factory.mktemp("mpi") / f"cases_{n}.json"
+        mpirun(n, ["python", "tests/mpi/run_cases.py", str(path)])
+        out[n] = json.loads(path.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial():
+    return {name: run_case(name) for name in CASES}
+
+
+def _states(encoded):
+    return [np.asarray(s[0]) + 1j * np.asarray(s[1]) for s in encoded]
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_one_level_is_sequential_stepping_to_the_last_bit(runs, n):
+    problem = CASES["one_level"][0]()
+    expected = [problem.initial_value()]
+    for i in range(problem.n_steps):
+        expected.append(problem.step(expected[-1], i, i + 1, 0))
+    case = runs[n]["cases"]["one_level"]
+    assert case["iterations"] == 1 and case["residuals"] == [0.0]
+    for got, want in zip(_states(case["states"]), expected, strict=True):
+        np.testing.assert_array_equal(got.real, want)
+
+
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("relax, iterations", [("F", EXACT["n_coarse"]), ("FCF", EXACT["n_coarse"] // 2)])
+def test_two_level_exactness(runs, n, relax, iterations):
+    case = runs[n]["cases"][f"exact_{relax}"]
+    residuals = case["residuals"]
+    assert len(residuals) == iterations
+    assert residuals[-1] == 0.0, "exact after N_c (F) or N_c / 2 (FCF) iterations"
+    assert min(residuals[:-1]) > 1e-10, "and not before"
+
+
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_residual_history_and_solution_match_serial(runs, serial, n, name):
+    solver, result = serial[name]
+    case = runs[n]["cases"][name]
+    assert case["ranks"] == n
+    assert case["iterations"] == result.iterations
+    assert case["converged"] == result.converged
+    assert case["points_per_level"] == result.points_per_level
+    assert len(case["steps_per_rank"]) == n and len(case["bytes_per_rank"]) == n
+    np.testing.assert_allclose(case["residuals"], result.residuals, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.array(_states(case["states"])).squeeze(), np.array(result.states).squeeze(), rtol=1e-12, atol=1e-15)
+    if n > 1:
+        assert sum(case["bytes_per_rank"]) > 0
+    assert sum(case["steps_per_rank"]) >= sum(result.steps_per_rank) - 1
+
+
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("key", ["coarsening", "levels", "relax", "cycle"])
+def test_bad_input_same_error_on_every_rank(runs, n, key):
+    messages = runs[n]["errors"][key]
+    assert len(messages) == n and len(set(messages)) == 1
+    assert messages[0].startswith(f"ValueError: {key} must be")
+
+
+def test_more_ranks_than_points_is_an_error(runs):
+    messages = runs[4]["errors"]["ranks"]
+    assert len(set(messages)) == 1
+    assert "ranks must be between 1 and the number of time points (3)" in messages[0]
