@@ -1,0 +1,146 @@
+"""Serial behaviour of the MGRIT solver."""
+
+import math
+
+import numpy as np
+import pytest
+
+import mgrit_resnet as mr
+
+
+def heat(n_steps=64, nx=12):
+    return mr.problems.Heat1D(nx=nx, t_final=0.5, n_steps=n_steps)
+
+
+def sequential(problem):
+    states = [problem.initial_value()]
+    for i in range(problem.n_steps):
+        states.append(problem.step(states[-1], i, i + 1, 0))
+    return states
+
+
+@pytest.mark.parametrize("cycle", ["V", "F"])
+@pytest.mark.parametrize("levels", [2, 3, 5])
+def test_converges_to_the_sequential_solution(cycle, levels):
+    problem = heat(n_steps=81)
+    result = mr.MGRIT(problem, levels=levels, coarsening=3, cycle=cycle, tol=1e-12, max_iter=30).solve()
+    assert result.converged and result.residuals[-1] <= 1e-12
+    np.testing.assert_allclose(np.array(result.states), np.array(sequential(problem)), rtol=0, atol=1e-11)
+
+
+def test_f_cycle_equals_v_cycle_on_two_levels_and_helps_on_more():
+    def run(levels, cycle):
+        return mr.MGRIT(heat(n_steps=256), levels=levels, coarsening=2, cycle=cycle, tol=1e-10, max_iter=40).solve()
+
+    assert run(2, "F").residuals == run(2, "V").residuals
+    f_cycle, v_cycle = run(5, "F"), run(5, "V")
+    assert all(f < v / 2 for f, v in zip(f_cycle.residuals[:4], v_cycle.residuals[:4]))
+
+
+def test_two_level_exactness_serial():
+    """Zero up to round-off after N_c / (1 + nu) iterations, and not before (N_c = 10)."""
+    problem = mr.problems.Dahlquist(z=3j, t_final=6.0, n_steps=40, scheme="backward_euler")
+    for relax, expected in (("F", 10), ("FCF", 5), ("FCFCF", 4)):
+        result = mr.MGRIT(problem, levels=2, coarsening=4, relax=relax, tol=0.0, max_iter=expected).solve()
+        assert result.residuals[-1] <= 1e-14 * result.initial_residual
+        assert result.residuals[-2] > 1e-10 * result.initial_residual
+
+
+def test_warm_start_from_a_converged_solution_needs_no_iteration():
+    problem = heat()
+    solver = mr.MGRIT(problem, levels=3, tol=1e-10)
+    first = solver.solve()
+    again = solver.solve(initial_guess=first.states)
+    assert again.iterations == 0 and again.converged and again.residuals == []
+    assert again.initial_residual <= 1e-10
+
+
+def test_warm_start_must_match_the_owned_points():
+    with pytest.raises(ValueError, match=r"initial_guess must hold one state per owned point \(65 on rank 0\); got 3"):
+        mr.MGRIT(heat()).solve(initial_guess=[np.zeros(12)] * 3)
+
+
+def test_initial_guesses_and_skip_first_down():
+    problem = heat(n_steps=128)
+    options = dict(levels=3, coarsening=4, tol=1e-10, max_iter=30)
+    zero = mr.MGRIT(problem, **options).solve()
+    value = mr.MGRIT(problem, initial_guess="initial_value", **options).solve()
+    coarse = mr.MGRIT(problem, initial_guess="sequential_coarse", **options).solve()
+    skip = mr.MGRIT(problem, skip_first_down=True, **options).solve()
+    assert coarse.initial_residual < min(value.initial_residual, zero.initial_residual) / 5
+    assert skip.initial_residual is None and math.isnan(skip.convergence_factors[0])
+    # Skipping the first down-cycle makes iteration 1 the sequential-coarse pass.
+    assert skip.residuals[0] == pytest.approx(coarse.initial_residual, rel=1e-14)
+    assert skip.iterations == coarse.iterations + 1
+    for result in (zero, value, coarse, skip):
+        assert result.converged
+
+
+def test_relative_tolerance_and_max_iter():
+    problem = heat()
+    rel = mr.MGRIT(problem, tol=1e-6, tol_kind="relative", max_iter=50).solve()
+    assert rel.residuals[-1] <= 1e-6 * rel.initial_residual < rel.residuals[-2]
+    capped = mr.MGRIT(problem, tol=0.0, max_iter=3).solve()
+    assert capped.iterations == 3 and not capped.converged and len(capped.residuals) == 3
+    none = mr.MGRIT(problem, max_iter=0).solve()
+    assert none.iterations == 0 and none.residuals == [] and none.initial_residual > 0
+
+
+def test_weighted_c_relaxation_changes_the_iteration():
+    problem = heat()
+    plain = mr.MGRIT(problem, tol=0.0, max_iter=4).solve()
+    weighted = mr.MGRIT(problem, c_weight=1.3, tol=0.0, max_iter=4).solve()
+    assert plain.residuals != weighted.residuals
+    assert weighted.residuals[-1] < weighted.residuals[0]
+
+
+def test_complex_dahlquist_and_trapezoid():
+    problem = mr.problems.Dahlquist(z=-0.5 + 4j, t_final=3.0, n_steps=96, scheme="trapezoid")
+    result = mr.MGRIT(problem, levels=3, coarsening=4, tol=1e-12, max_iter=40).solve()
+    assert result.converged
+    assert result.states[-1].dtype == np.complex128
+    assert result.states[-1][0] == pytest.approx(problem.amplification(problem.dt) ** 96, rel=1e-10)
+
+
+def test_result_records_work_and_json():
+    problem = heat(n_steps=64)
+    result = mr.MGRIT(problem, levels=2, coarsening=4, relax="F", tol=1e-10).solve()
+    data = result.to_json()
+    assert data["points_per_level"] == [65, 17] and data["ranks"] == 1
+    assert data["bytes_per_rank"] == [0]
+    # Per iteration: 48 F-steps, 16 probe steps, 16 coarse right-hand-side steps, 16 coarse solve steps.
+    assert data["steps_per_rank"] == [(48 + 16) * (result.iterations + 1) + 32 * result.iterations]
+    assert len(data["convergence_factors"]) == len(data["residuals"]) == data["iterations"]
+    assert data["wall_time"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(relax="FC"), ValueError, "relax must be 'F', 'FCF', 'FCFCF'"),
+        (dict(relax=["F"], levels=3), ValueError, "relax must be a single value or a list of at least 2 entries"),
+        (dict(cycle="W"), ValueError, "cycle must be one of 'V', 'F'; got 'W'"),
+        (dict(tol=-1.0), ValueError, "tol must be a real number >= 0.0"),
+        (dict(tol_kind="rel"), ValueError, "tol_kind must be one of 'absolute', 'relative'"),
+        (dict(max_iter=-1), ValueError, "max_iter must be an integer >= 0"),
+        (dict(c_weight=0.0), ValueError, "c_weight must be a real number > 0"),
+        (dict(initial_guess="random"), ValueError, "initial_guess must be one of 'zero', 'initial_value', 'sequential_coarse'"),
+        (dict(skip_first_down="yes"), TypeError, "skip_first_down must be true or false"),
+        (dict(coarsening=1), ValueError, "coarsening must be an integer >= 2"),
+        (dict(levels=0), ValueError, "levels must be an integer >= 1"),
+    ],
+)
+def test_bad_solver_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mr.MGRIT(heat(), **kwargs)
+
+
+def test_bad_problem_options():
+    with pytest.raises(ValueError, match="scheme must be one of 'forward_euler', 'backward_euler', 'trapezoid'"):
+        mr.problems.Dahlquist(scheme="rk4")
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 1"):
+        mr.problems.Heat1D(n_steps=0)
+    with pytest.raises(ValueError, match="t_final must be a real number > 0"):
+        mr.problems.Dahlquist(t_final=0.0)
+    with pytest.raises(TypeError, match="z must be a real or complex number"):
+        mr.problems.Dahlquist(z="1")
