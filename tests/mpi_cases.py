@@ -18,6 +18,10 @@ def _heat1d(**kw):
     return lambda: mr.problems.Heat1D(**kw)
 
 
+def _heat2d(**kw):
+    return lambda: mr.problems.Heat2D(**kw)
+
+
 # Oscillatory Dahlquist: MGRIT converges slowly, so exactness after N_c (F) or
 # N_c / 2 (FCF) iterations is not hidden by round-off. 37 steps, m = 3: 12 coarse
 # intervals and one trailing F-point.
@@ -36,6 +40,7 @@ CASES = {
         _heat1d(nx=6, t_final=0.5, n_steps=20),
         dict(levels=3, coarsening=4, relax="FCF", tol=1e-12, max_iter=20, initial_guess="sequential_coarse"),
     ),
+    "heat2d_petsc": (_heat2d(nx=6, t_final=0.5, n_steps=45), dict(levels=2, coarsening=4, relax="FCF", tol=1e-10, max_iter=20)),
     "dahlquist_complex_skip": (
         _dahlquist(z=-1 + 2j, t_final=4.0, n_steps=41, scheme="trapezoid"),
         dict(levels=4, coarsening=2, relax="FCF", cycle="V", tol=1e-12, max_iter=25, skip_first_down=True),

@@ -1,0 +1,121 @@
+"""The command line: in-process for the serial paths, under mpiexec for the parallel ones."""
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, mpirun
+
+import mgrit_resnet as mr
+from mgrit_resnet.cli import main
+
+DAHLQUIST = str(ROOT / "examples" / "dahlquist.toml")
+HEAT = str(ROOT / "examples" / "heat1d.toml")
+
+
+def test_solve_prints_table_theory_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["solve", DAHLQUIST, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "two-level theory (Southworth 2019): factor 0.0520" in text
+    assert "converged after" in text
+    data = json.loads(out.read_text())
+    for key in ("residuals", "iterations", "converged", "convergence_factors", "ranks", "points_per_level", "wall_time"):
+        assert key in data
+    assert data["converged"] and data["ranks"] == 1 and data["points_per_level"] == [2049, 257]
+    assert len(data["residuals"]) == data["iterations"] and data["residuals"][-1] <= 1e-12
+
+
+def test_set_overrides_and_matches_the_python_api(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["solve", HEAT, "--set", "mgrit.levels=3", "--set", "mgrit.coarsening=[2, 4]", "--set", "problem.n_steps=96", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["points_per_level"] == [97, 49, 13]
+    cfg = mr.load_config(HEAT, {"mgrit.levels": 3, "mgrit.coarsening": [2, 4], "problem.n_steps": 96})
+    expected = mr.MGRIT(mr.problems.from_config(cfg.problem), **cfg.mgrit.as_dict()).solve()
+    np.testing.assert_allclose(data["residuals"], expected.residuals, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "mgrit.levelz=3"], "unknown config key 'mgrit.levelz'; allowed keys in [mgrit]: levels, coarsening"),
+        (["--set", "mgrit.levels=three"], "mgrit.levels must be an integer >= 1; got 'three'"),
+        (["--set", "mgrit.coarsening=1"], "mgrit.coarsening must be an integer >= 2; got 1"),
+        (["--set", "mgrit.relax=CF"], "mgrit.relax must be 'F', 'FCF', 'FCFCF', ..."),
+        (["--set", "mgrit.tol=small"], "mgrit.tol must be a real number >= 0.0; got 'small'"),
+        (["--set", "problem.kind=wave"], "problem.kind must be one of 'dahlquist', 'heat1d', 'heat2d'; got 'wave'"),
+        (["--set", "problem.scheme=trapezoid"], "problem.scheme must be 'backward_euler' for problem.kind = 'heat1d'"),
+        (["--set", "levels"], "--set takes KEY=VALUE with a dotted key"),
+        (["--set", "solver.levels=2"], "unknown config section 'solver'; allowed sections: problem, mgrit, network, data, train"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, capsys):
+    code = main(["solve", HEAT, *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_file_and_bad_verb(tmp_path, capsys):
+    assert main(["solve", str(tmp_path / "none.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mgrit\nlevels = 2")
+    assert main(["solve", str(bad)]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+    assert main(["train-hard"]) == 2
+    assert "invalid choice: 'train-hard'" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_solve_under_mpiexec_matches_serial(tmp_path):
+    out = tmp_path / "r.json"
+    console_script = Path(sys.executable).parent / "mgrit-resnet"
+    proc = mpirun(3, [str(console_script), "solve", HEAT, "--json", str(out)])
+    assert proc.stdout.count("converged after") == 1, "only rank 0 prints"
+    data = json.loads(out.read_text())
+    cfg = mr.load_config(HEAT)
+    expected = mr.MGRIT(mr.problems.from_config(cfg.problem), **cfg.mgrit.as_dict()).solve()
+    assert data["ranks"] == 3 and data["iterations"] == expected.iterations
+    np.testing.assert_allclose(data["residuals"], expected.residuals, rtol=1e-12)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 4])
+def test_bad_input_under_mpiexec_exits_nonzero_without_hanging(n):
+    start = time.monotonic()
+    proc = mpirun(n, ["python", "-m", "mgrit_resnet", "solve", HEAT, "--set", "mgrit.relax=FFF"], timeout=60, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("mgrit.relax must be 'F', 'FCF', 'FCFCF'") == 1
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.mpi
+def test_more_ranks_than_points_under_mpiexec():
+    proc = mpirun(4, ["python", "-m", "mgrit_resnet", "solve", HEAT, "--set", "problem.n_steps=2"], timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "ranks must be between 1 and the number of time points (3)" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_an_exception_on_one_rank_ends_every_rank():
+    start = time.monotonic()
+    proc = mpirun(3, ["python", "tests/mpi/abort_one_rank.py"], timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "deliberate failure on rank 1" in proc.stderr
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.mpi
+def test_info_under_mpiexec():
+    proc = mpirun(2, ["python", "-m", "mgrit_resnet", "info"], timeout=60)
+    for word in ("python", "torch", "mpi4py", "MPI library", "petsc4py", "ranks"):
+        assert word in proc.stdout
+    assert re.search(r"^ranks\s+2$", proc.stdout, re.MULTILINE)
+    assert proc.stdout.count("mpi4py") == 1
