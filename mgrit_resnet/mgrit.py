@@ -261,12 +261,23 @@ class MGRIT:
     # ------------------------------------------------------------------ pieces
     def _advance(self, level: _Level, state: Any, j: int) -> Any:
         """``Phi_l(state)`` from point ``j - 1`` to ``j``, plus ``g_j``."""
-        value = self._phi(level, state, j)
-        if level.g is not None:
-            g = level.g[j - level.own.start]
-            if g is not None:
-                value = value + g
-        return value
+        return self._plus_g(level, self._phi(level, state, j), j)
+
+    @staticmethod
+    def _plus_g(level: _Level, value: Any, j: int) -> Any:
+        """``value + g_j``, where ``g_j = target - injected`` is kept as the pair (target, injected).
+
+        Adding ``target + (value - injected)`` rather than ``(target - injected) + value``
+        makes the result exactly ``target`` when ``value`` equals the injected
+        coarse step, so a converged point stays converged to the last bit.
+        """
+        if level.g is None:
+            return value
+        g = level.g[j - level.own.start]
+        if g is None:
+            return value
+        target, injected = g
+        return target + (value - injected)
 
     def _phi(self, level: _Level, state: Any, j: int) -> Any:
         self._steps += 1
@@ -331,8 +342,7 @@ class MGRIT:
             if value is None:
                 continue
             c = jc * m
-            if level.g is not None and level.g[c - a] is not None:
-                value = value + level.g[c - a]
+            value = self._plus_g(level, value, c)
             u[c - a] = value if w == 1.0 else (1.0 - w) * u[c - a] + w * value
 
     def _residual_norm(self, level: _Level, phi: list) -> float:
@@ -359,11 +369,8 @@ class MGRIT:
             if j == 0:
                 g.append(None)
                 continue
-            fine_part = phi[k]
-            if level.g is not None and level.g[j * m - a] is not None:
-                fine_part = fine_part + level.g[j * m - a]
             previous = ghost if k == 0 else coarse.u[k - 1]
-            g.append(fine_part - self._phi(coarse, previous, j))
+            g.append((self._plus_g(level, phi[k], j * m), self._phi(coarse, previous, j)))
         coarse.g = g
 
     def _solve_coarsest(self, level: _Level) -> None:

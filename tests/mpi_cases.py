@@ -29,8 +29,8 @@ EXACT = {"problem": _dahlquist(z=3j, t_final=6.0, n_steps=37, scheme="trapezoid"
 
 CASES = {
     "one_level": (_heat1d(nx=8, t_final=1.0, n_steps=37), dict(levels=1, tol=0.0, max_iter=3)),
-    "exact_F": (EXACT["problem"], dict(levels=2, coarsening=3, relax="F", tol=0.0, max_iter=12)),
-    "exact_FCF": (EXACT["problem"], dict(levels=2, coarsening=3, relax="FCF", tol=0.0, max_iter=6)),
+    "exact_F": (EXACT["problem"], dict(levels=2, coarsening=3, relax="F", tol=0.0, max_iter=30)),
+    "exact_FCF": (EXACT["problem"], dict(levels=2, coarsening=3, relax="FCF", tol=0.0, max_iter=30)),
     "heat_V3": (_heat1d(nx=10, t_final=0.5, n_steps=50), dict(levels=3, coarsening=2, relax="FCF", tol=1e-11, max_iter=20)),
     "heat_F3_list": (
         _heat1d(nx=10, t_final=0.5, n_steps=37),

@@ -53,7 +53,7 @@ def test_two_level_exactness(runs, n, relax, iterations):
     residuals = case["residuals"]
     assert len(residuals) == iterations
     initial = runs[n]["cases"][f"exact_{relax}"]["initial_residual"]
-    assert residuals[-1] <= 1e-14 * initial, "exact (up to round-off) after N_c (F) or N_c / 2 (FCF) iterations"
+    assert residuals[-1] == 0.0, "exact after N_c (F) or N_c / 2 (FCF) iterations"
     assert min(residuals[:-1]) > 1e-10 * initial, "and not before"
 
 
