@@ -112,14 +112,7 @@ def _info(comm: Any, rank: int) -> int:
         rows["cuda devices"] = str(torch.cuda.device_count() if torch.cuda.is_available() else 0)
     except ImportError:
         rows["torch"] = "not installed"
-    try:
-        import mpi4py
-        from mpi4py import MPI
-
-        rows["mpi4py"] = mpi4py.__version__
-        rows["MPI library"] = MPI.Get_library_version().strip().splitlines()[0]
-    except ImportError:
-        rows["mpi4py"] = "not installed"
+    rows.update(comm_module.mpi_versions())
     try:
         import petsc4py
 

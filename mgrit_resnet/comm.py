@@ -116,6 +116,16 @@ def world() -> Any | None:
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
+def mpi_versions() -> dict[str, str]:
+    """Versions of mpi4py and of the MPI library it runs on."""
+    try:
+        import mpi4py
+        from mpi4py import MPI
+    except ImportError:
+        return {"mpi4py": "not installed"}
+    return {"mpi4py": mpi4py.__version__, "MPI library": MPI.Get_library_version().strip().splitlines()[0]}
+
+
 def install_abort_on_error(comm: Any | None) -> None:
     """Make an uncaught exception on any rank end every rank.
 
