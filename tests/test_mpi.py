@@ -86,3 +86,19 @@ def test_more_ranks_than_points_is_an_error(runs):
     messages = runs[4]["errors"]["ranks"]
     assert len(set(messages)) == 1
     assert "ranks must be between 1 and the number of time points (3)" in messages[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [3, 4])
+def test_large_multilevel_heat_matches_serial(tmp_path, n):
+    """Heat 1D, 4097 points, 5 levels, F-cycles: the history at n ranks equals the serial one."""
+    out = tmp_path / "r.json"
+    options = ["--set", "problem.n_steps=4096", "--set", "mgrit.levels=5", "--set", "mgrit.cycle='F'", "--json", str(out)]
+    mpirun(n, ["python", "-m", "mgrit_resnet", "solve", "examples/heat1d.toml", *options])
+    import mgrit_resnet as mr
+
+    cfg = mr.load_config("examples/heat1d.toml", {"problem.n_steps": 4096, "mgrit.levels": 5, "mgrit.cycle": "F"})
+    expected = mr.MGRIT(mr.problems.from_config(cfg.problem), **cfg.mgrit.as_dict()).solve()
+    data = json.loads(out.read_text())
+    assert data["converged"] and data["iterations"] == expected.iterations
+    np.testing.assert_allclose(data["residuals"], expected.residuals, rtol=1e-12)
