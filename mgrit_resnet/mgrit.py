@@ -88,7 +88,7 @@ class MGRIT:
     initial_guess
         ``"zero"``, ``"initial_value"`` (every point holds the initial value)
         or ``"sequential_coarse"`` (a sequential solve on the coarsest level,
-        interpolated down). States passed to :meth:`solve` take precedence.
+        carried to the finer levels by F-interpolation). States passed to :meth:`solve` take precedence.
     skip_first_down
         Skip relaxation and the residual restriction on the first down-cycle:
         the first iteration is a coarsest-level sequential solve interpolated up.

@@ -27,8 +27,10 @@ class SolveResult:
         Number of time points on each level, finest first.
     ranks
         Number of ranks that took part.
-    steps_per_rank, bytes_per_rank
-        Propagator calls and bytes sent by each rank.
+    steps_per_rank
+        Propagator calls made by each rank.
+    bytes_per_rank
+        Bytes each rank sent.
     wall_time
         Seconds from start to end of the solve (slowest rank).
     states

@@ -22,6 +22,8 @@ class Heat1D(UniformGrid):
     t_final, n_steps
         The fine time grid.
 
+    Notes
+    -----
     Each step solves ``(I - dt a L) u_new = u`` with a sparse LU factorisation,
     computed once per step length (one per level).
     """

@@ -39,6 +39,8 @@ class Heat2D(UniformGrid):
     ksp_rtol
         Relative residual tolerance of the linear solves.
 
+    Notes
+    -----
     Each step solves ``(I - dt a L) u_new = u``, with ``L`` the 5-point
     Laplacian, by conjugate gradients with an incomplete Cholesky
     preconditioner; one PETSc KSP is set up per step length (one per level).
