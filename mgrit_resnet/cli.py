@@ -11,8 +11,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import comm as comm_module
 from . import problems, theory
@@ -84,7 +85,9 @@ def _report(cfg: Any, solver: MGRIT, result: Any) -> str:
         predicted = theory.predicted_factor(solver.problem, h.n_points, h.factors[0], relax)
         measured = [f for f in result.convergence_factors if not math.isnan(f) and f > 0]
         if predicted is not None and measured:
-            lines.append(f"two-level theory (Southworth 2019): factor {predicted:.4f}; measured: first {measured[0]:.4f}, max {max(measured):.4f}")
+            lines.append(
+                f"two-level theory (Southworth 2019): factor {predicted:.4f}; measured: first {measured[0]:.4f}, max {max(measured):.4f}"
+            )
     return "\n".join(lines)
 
 

@@ -8,9 +8,10 @@ An unknown section or key, or a value of the wrong kind, is a
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ._checks import check_choice, check_float, check_int
 
@@ -57,10 +58,7 @@ def _one_or_list(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 def _relax(name: str, value: Any) -> str:
     from .mgrit import parse_relax
 
-    try:
-        parse_relax(value)
-    except ValueError:
-        raise ValueError(f"{name} must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {value!r}") from None
+    parse_relax(value, name)
     return value
 
 

@@ -11,8 +11,8 @@ message. Ranks may own no point of a coarse level.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ._checks import check_int, per_level
 
@@ -50,7 +50,7 @@ class Hierarchy:
         coarsening: int | Sequence[int],
         min_coarse: int = 2,
         n_ranks: int = 1,
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """Coarsen until ``levels`` levels exist or the next one would be too small.
 
         Parameters

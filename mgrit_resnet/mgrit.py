@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import _arrays
 from ._checks import check_choice, check_float, check_int, per_level
@@ -35,10 +36,10 @@ _RELAX_PATTERN = re.compile(r"F(CF)*")
 _RELAX_TAG, _RESTRICT_TAG, _COARSE_TAG = 0, 1, 2
 
 
-def parse_relax(relax: str) -> int:
+def parse_relax(relax: str, name: str = "relax") -> int:
     """Number of CF sweeps in a relaxation string ``F(CF)^k`` ("F", "FCF", "FCFCF", ...)."""
     if not isinstance(relax, str) or not _RELAX_PATTERN.fullmatch(relax):
-        raise ValueError(f"relax must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {relax!r}")
+        raise ValueError(f"{name} must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {relax!r}")
     return (len(relax) - 1) // 2
 
 
@@ -218,7 +219,9 @@ class MGRIT:
         own = fine.own
         if states is not None:
             if len(states) != len(own):
-                raise ValueError(f"initial_guess must hold one state per owned point ({len(own)} on rank {self.backend.rank}); got {len(states)}")
+                raise ValueError(
+                    f"initial_guess must hold one state per owned point ({len(own)} on rank {self.backend.rank}); got {len(states)}"
+                )
             fine.u = [_arrays.copy(s) for s in states]
         elif self.initial_guess == "initial_value":
             fine.u = [_arrays.copy(u0) for _ in own]

@@ -32,7 +32,8 @@ def test_solve_prints_table_theory_and_writes_json(tmp_path, capsys):
 
 def test_set_overrides_and_matches_the_python_api(tmp_path):
     out = tmp_path / "r.json"
-    assert main(["solve", HEAT, "--set", "mgrit.levels=3", "--set", "mgrit.coarsening=[2, 4]", "--set", "problem.n_steps=96", "--json", str(out)]) == 0
+    overrides = ["--set", "mgrit.levels=3", "--set", "mgrit.coarsening=[2, 4]", "--set", "problem.n_steps=96"]
+    assert main(["solve", HEAT, *overrides, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["points_per_level"] == [97, 49, 13]
     cfg = mr.load_config(HEAT, {"mgrit.levels": 3, "mgrit.coarsening": [2, 4], "problem.n_steps": 96})

@@ -17,8 +17,8 @@ from petsc4py import PETSc  # noqa: E402
 
 PETSc.Options().hasName("mpiuni-allow-multiprocess-launch")  # mark it used: no warning at exit
 
-from .._checks import check_float, check_int
-from .base import UniformGrid
+from .._checks import check_float, check_int  # noqa: E402
+from .base import UniformGrid  # noqa: E402
 
 
 class Heat2D(UniformGrid):
@@ -47,9 +47,7 @@ class Heat2D(UniformGrid):
     All PETSc objects live on ``PETSc.COMM_SELF``: parallelism is in time only.
     """
 
-    def __init__(
-        self, nx: int = 32, diffusivity: float = 1.0, t_final: float = 1.0, n_steps: int = 100, ksp_rtol: float = 1e-12
-    ) -> None:
+    def __init__(self, nx: int = 32, diffusivity: float = 1.0, t_final: float = 1.0, n_steps: int = 100, ksp_rtol: float = 1e-12) -> None:
         super().__init__(t_final, n_steps)
         self.nx = check_int("nx", nx, minimum=1)
         self.diffusivity = check_float("diffusivity", diffusivity, minimum=0.0)

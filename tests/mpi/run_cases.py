@@ -11,8 +11,9 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mgrit_resnet as mr  # noqa: E402
 from mpi_cases import CASES, run_case  # noqa: E402
+
+import mgrit_resnet as mr  # noqa: E402
 
 comm = MPI.COMM_WORLD
 mr.comm.install_abort_on_error(comm)

@@ -1,0 +1,58 @@
+"""Smoke tests of the scripts in benchmarks/ (no timing assertions)."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+from conftest import ROOT, mpirun
+
+import mgrit_resnet as mr
+
+OVERHEAD = ROOT / "benchmarks" / "mgrit_overhead.py"
+QUICK = ["--n-steps", "256", "--nx", "32", "--iterations", "2", "--repeat", "1"]
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def expected_steps(**options):
+    """Step count of rank 0, straight from the solver, with the benchmark's defaults."""
+    problem = mr.problems.Heat1D(nx=32, n_steps=256)
+    settings = dict(levels=3, coarsening=4, relax="FCF", tol=0.0, max_iter=2) | options
+    return mr.MGRIT(problem, **settings).solve().steps_per_rank[0]
+
+
+def test_mgrit_overhead_runs_and_counts_the_solver_steps(capsys, tmp_path):
+    out = tmp_path / "overhead.json"
+    figures = load(OVERHEAD).main([*QUICK, "--json", str(out)])
+    assert figures["mgrit_time"] > 0 and figures["bare_time"] > 0 and figures["step_time_us"] > 0
+    assert figures["ratio"] > 0 and math.isclose(figures["overhead"], figures["ratio"] - 1.0)
+    assert figures["ranks"] == 1 and figures["iterations"] == 2
+    assert figures["steps"] == expected_steps() > 0
+    assert figures["steps_per_rank"] == [figures["steps"]]
+    assert sum(m["calls"] for m in figures["step_mix_rank0"]) == figures["steps"]
+    assert {m["level"] for m in figures["step_mix_rank0"]} == {0, 1, 2}
+    assert json.loads(out.read_text())["steps"] == figures["steps"]
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and ("PASS" in printed or "over target" in printed)
+
+
+def test_mgrit_overhead_options_reach_the_solver():
+    figures = load(OVERHEAD).main([*QUICK, "--levels", "2", "--coarsening", "2", "--relax", "F"])
+    assert figures["levels"] == 2
+    assert figures["steps"] == expected_steps(levels=2, coarsening=2, relax="F")
+
+
+@pytest.mark.mpi
+def test_mgrit_overhead_under_mpiexec(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = mpirun(2, ["python", str(OVERHEAD), *QUICK, "--json", str(out)])
+    assert proc.stdout.count("MGRIT bookkeeping overhead") == 1, "only rank 0 prints"
+    figures = json.loads(out.read_text())
+    assert figures["ranks"] == 2 and len(figures["steps_per_rank"]) == 2
+    assert figures["mgrit_time"] > 0 and figures["bare_time"] > 0 and figures["ratio"] > 0
