@@ -41,8 +41,7 @@ def squared_norm(x: Any) -> float:
     """Squared 2-norm; complex entries contribute ``|x|^2``."""
     if is_torch(x):
         return float((x.detach().abs() ** 2).sum())
-    flat = np.ravel(x)
-    return float(np.vdot(flat, flat).real)
+    return float(np.vdot(x, x).real)  # vdot flattens and conjugates its first argument
 
 
 def nbytes(x: Any) -> int:

@@ -262,25 +262,38 @@ class MGRIT:
             self._correct(levels[index], levels[index + 1])
 
     # ------------------------------------------------------------------ pieces
-    def _advance(self, level: _Level, state: Any, j: int) -> Any:
-        """``Phi_l(state)`` from point ``j - 1`` to ``j``, plus ``g_j``."""
-        return self._plus_g(level, self._phi(level, state, j), j)
+    def _sweep(self, level: _Level, state: Any, first: int, stop: int) -> Any:
+        """``u_j = Phi_l(u_{j-1}) + g_j`` for ``j = first, ..., stop - 1``, from ``state = u_{first-1}``.
+
+        The hot loop of F-relaxation and of the coarsest solve: kept free of
+        per-step method calls.
+        """
+        step, stride, index, a, u, g = self.problem.step, level.stride, level.index, level.own.start, level.u, level.g
+        for j in range(first, stop):
+            state = step(state, (j - 1) * stride, j * stride, index)
+            if g is not None and g[j - a] is not None:
+                target, injected = g[j - a]
+                state -= injected
+                state += target
+            u[j - a] = state
+        self._steps += max(stop - first, 0)
+        return state
 
     @staticmethod
     def _plus_g(level: _Level, value: Any, j: int) -> Any:
-        """``value + g_j``, where ``g_j = target - injected`` is kept as the pair (target, injected).
+        """``value + g_j``, in place on ``value`` (a fresh step result).
 
-        Adding ``target + (value - injected)`` rather than ``(target - injected) + value``
-        makes the result exactly ``target`` when ``value`` equals the injected
-        coarse step, so a converged point stays converged to the last bit.
+        ``g_j = target - injected`` is kept as the pair (target, injected) and
+        added as ``target + (value - injected)``: the result is exactly
+        ``target`` when ``value`` equals the injected coarse step, so a
+        converged point stays converged to the last bit.
         """
-        if level.g is None:
+        if level.g is None or level.g[j - level.own.start] is None:
             return value
-        g = level.g[j - level.own.start]
-        if g is None:
-            return value
-        target, injected = g
-        return target + (value - injected)
+        target, injected = level.g[j - level.own.start]
+        value -= injected
+        value += target
+        return value
 
     def _phi(self, level: _Level, state: Any, j: int) -> Any:
         self._steps += 1
@@ -309,9 +322,7 @@ class MGRIT:
         level.ghost = None
         if first_c != a:
             # This block starts inside an F-interval: continue the left neighbour's sweep.
-            state = channel.wait_recv()
-            for j in range(a, min(first_c, b)):
-                state = u[j - a] = self._advance(level, state, j)
+            self._sweep(level, channel.wait_recv(), a, min(first_c, b))
         if last_c >= a:
             self._f_interval(level, last_c)  # the trailing interval first, so the send goes out early
         channel.send(u[b - 1 - a])
@@ -321,10 +332,7 @@ class MGRIT:
             level.ghost = channel.wait_recv()
 
     def _f_interval(self, level: _Level, c: int) -> None:
-        a, u = level.own.start, level.u
-        state = u[c - a]
-        for j in range(c + 1, min(c + level.m, level.own.stop)):
-            state = u[j - a] = self._advance(level, state, j)
+        self._sweep(level, level.u[c - level.own.start], c + 1, min(c + level.m, level.own.stop))
 
     def _probe(self, level: _Level) -> list:
         """``Phi(u_{c-1})`` for each owned C-point (``None`` at point 0)."""
@@ -382,12 +390,10 @@ class MGRIT:
             return
         channel = level.channels[_COARSE_TAG]
         channel.post_recv()
-        state = channel.wait_recv() if level.left is not None else None
-        for j in own:
-            if j == 0:
-                state = u[0]
-                continue
-            state = u[j - own.start] = self._advance(level, state, j)
+        if own.start == 0:
+            self._sweep(level, u[0], 1, own.stop)
+        else:
+            self._sweep(level, channel.wait_recv(), own.start, own.stop)
         channel.send(u[-1])
 
     def _correct(self, level: _Level, coarse: _Level) -> None:
