@@ -87,12 +87,20 @@ def test_solve_under_mpiexec_matches_serial(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n", [2, 4])
-def test_bad_input_under_mpiexec_exits_nonzero_without_hanging(n):
+@pytest.mark.parametrize(
+    "n, override, message",
+    [
+        (2, "mgrit.relax=FFF", "mgrit.relax must be 'F', 'FCF', 'FCFCF'"),
+        (3, "mgrit.levelz=2", "unknown config key 'mgrit.levelz'; allowed keys in [mgrit]: levels, coarsening"),
+        (4, "mgrit.levels=two", "mgrit.levels must be an integer >= 1; got 'two'"),
+        (3, "mgrit.coarsening=1", "mgrit.coarsening must be an integer >= 2; got 1"),
+    ],
+)
+def test_bad_input_under_mpiexec_exits_nonzero_without_hanging(n, override, message):
     start = time.monotonic()
-    proc = mpirun(n, ["python", "-m", "mgrit_resnet", "solve", HEAT, "--set", "mgrit.relax=FFF"], timeout=60, check=False)
+    proc = mpirun(n, ["python", "-m", "mgrit_resnet", "solve", HEAT, "--set", override], timeout=60, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count("mgrit.relax must be 'F', 'FCF', 'FCFCF'") == 1
+    assert proc.stderr.count(message) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60
 
