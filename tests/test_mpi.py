@@ -102,3 +102,23 @@ def test_large_multilevel_heat_matches_serial(tmp_path, n):
     data = json.loads(out.read_text())
     assert data["converged"] and data["iterations"] == expected.iterations
     np.testing.assert_allclose(data["residuals"], expected.residuals, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def torch_runs(tmp_path_factory):
+    def run(ranks):
+        path = tmp_path_factory.mktemp("torch") / f"torch_{ranks}.json"
+        mpirun(ranks, ["python", "tests/mpi/torch_states.py", str(path)])
+        return json.loads(path.read_text())
+
+    return {ranks: run(ranks) for ranks in (1, 3, 4)}
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_torch_tensor_states_match_serial(torch_runs, n):
+    """Torch states travel through the same buffers; histories and states equal the 1-rank run."""
+    serial, parallel = torch_runs[1], torch_runs[n]
+    assert serial["converged"] and parallel["iterations"] == serial["iterations"]
+    np.testing.assert_allclose(parallel["residuals"], serial["residuals"], rtol=1e-12)
+    np.testing.assert_allclose(parallel["states"], serial["states"], rtol=1e-13)
+    assert min(parallel["bytes_per_rank"][:-1]) > 0
