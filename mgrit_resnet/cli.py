@@ -19,6 +19,7 @@ from . import comm as comm_module
 from . import problems, theory
 from .config import ConfigError, load_config, parse_overrides
 from .mgrit import MGRIT
+from .plot import plot_residuals
 
 EXIT_BAD_INPUT = 2
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("config", help="TOML config file")
     solve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
     solve.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    solve.add_argument("--plot", metavar="FILE", help="draw the residual history (PNG, PDF or SVG by suffix)")
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 
@@ -60,18 +62,37 @@ def _solve(args: argparse.Namespace, comm: Any, rank: int) -> int:
     solver = MGRIT(problem, comm=comm, **cfg.mgrit.as_dict())
     result = solver.solve()
     if rank == 0:
-        print(_report(cfg, solver, result))
+        predicted = _predicted_factor(cfg, solver)
+        print(_report(cfg, solver, result, predicted))
         if args.json:
             Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        if args.plot:
+            title = f"{cfg.problem.kind}: {problem_text(cfg.problem)}\n{_mgrit_text(cfg, solver, result)}"
+            plot_residuals(result, args.plot, predicted, title)
     return 0
 
 
-def _report(cfg: Any, solver: MGRIT, result: Any) -> str:
+def _predicted_factor(cfg: Any, solver: MGRIT) -> float | None:
+    """Two-level theory for scalar two-level runs, else ``None``."""
     h = solver.hierarchy
+    if h.n_levels != 2:
+        return None
+    relax = cfg.mgrit.relax if isinstance(cfg.mgrit.relax, str) else cfg.mgrit.relax[0]
+    return theory.predicted_factor(solver.problem, h.n_points, h.factors[0], relax)
+
+
+def _mgrit_text(cfg: Any, solver: MGRIT, result: Any) -> str:
+    h = solver.hierarchy
+    return (
+        f"MGRIT: {h.n_levels} level(s), points {result.points_per_level}, coarsening {list(h.factors)}, "
+        f"relax {cfg.mgrit.relax}, {cfg.mgrit.cycle}-cycle, {result.ranks} rank(s)"
+    )
+
+
+def _report(cfg: Any, solver: MGRIT, result: Any, predicted: float | None) -> str:
     lines = [
         f"problem {cfg.problem.kind}: {problem_text(cfg.problem)}",
-        f"MGRIT: {h.n_levels} level(s), points {result.points_per_level}, coarsening {list(h.factors)}, "
-        f"relax {cfg.mgrit.relax}, {cfg.mgrit.cycle}-cycle, {result.ranks} rank(s)",
+        _mgrit_text(cfg, solver, result),
         f"{'iter':>4}  {'residual':>12}  {'factor':>8}",
     ]
     if result.initial_residual is not None:
@@ -80,14 +101,11 @@ def _report(cfg: Any, solver: MGRIT, result: Any) -> str:
         lines.append(f"{k:>4}  {r:12.4e}  {'-' if math.isnan(f) else f'{f:8.4f}':>8}")
     state = "converged" if result.converged else "not converged"
     lines.append(f"{state} after {result.iterations} iteration(s) in {result.wall_time:.3f} s; steps per rank {result.steps_per_rank}")
-    if h.n_levels == 2:
-        relax = cfg.mgrit.relax if isinstance(cfg.mgrit.relax, str) else cfg.mgrit.relax[0]
-        predicted = theory.predicted_factor(solver.problem, h.n_points, h.factors[0], relax)
-        measured = [f for f in result.convergence_factors if not math.isnan(f) and f > 0]
-        if predicted is not None and measured:
-            lines.append(
-                f"two-level theory (Southworth 2019): factor {predicted:.4f}; measured: first {measured[0]:.4f}, max {max(measured):.4f}"
-            )
+    measured = [f for f in result.convergence_factors if not math.isnan(f) and f > 0]
+    if predicted is not None and measured:
+        lines.append(
+            f"two-level theory (Southworth 2019): factor {predicted:.4f}; measured: first {measured[0]:.4f}, max {max(measured):.4f}"
+        )
     return "\n".join(lines)
 
 

@@ -30,6 +30,19 @@ def test_solve_prints_table_theory_and_writes_json(tmp_path, capsys):
     assert len(data["residuals"]) == data["iterations"] and data["residuals"][-1] <= 1e-12
 
 
+def test_plot_draws_the_history_with_the_theory_slope(tmp_path, capsys):
+    png = tmp_path / "history.png"
+    assert main(["solve", DAHLQUIST, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # Exact zeros (here after N_c = 10 iterations) cannot sit on a log axis; the plot marks them instead.
+    svg = tmp_path / "exact.svg"
+    zero_run = ["--set", "problem.z='3j'", "--set", "problem.t_final=6", "--set", "problem.n_steps=40"]
+    zero_run += ["--set", "mgrit.coarsening=4", "--set", "mgrit.tol=0", "--set", "mgrit.relax='F'", "--set", "mgrit.initial_guess='zero'"]
+    assert main(["solve", DAHLQUIST, *zero_run, "--plot", str(svg)]) == 0
+    assert "exactly zero from iteration 10" in svg.read_text()
+    assert "\n  10    0.0000e+00" in capsys.readouterr().out
+
+
 def test_set_overrides_and_matches_the_python_api(tmp_path):
     out = tmp_path / "r.json"
     overrides = ["--set", "mgrit.levels=3", "--set", "mgrit.coarsening=[2, 4]", "--set", "problem.n_steps=96"]
@@ -77,7 +90,8 @@ def test_missing_file_and_bad_verb(tmp_path, capsys):
 def test_solve_under_mpiexec_matches_serial(tmp_path):
     out = tmp_path / "r.json"
     console_script = Path(sys.executable).parent / "mgrit-resnet"
-    proc = mpirun(3, [str(console_script), "solve", HEAT, "--json", str(out)])
+    proc = mpirun(3, [str(console_script), "solve", HEAT, "--json", str(out), "--plot", str(tmp_path / "h.png")])
+    assert (tmp_path / "h.png").stat().st_size > 0
     assert proc.stdout.count("converged after") == 1, "only rank 0 prints"
     data = json.loads(out.read_text())
     cfg = mr.load_config(HEAT)
