@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,30 +47,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm_module.install_abort_on_error(comm)
     rank = 0 if comm is None else comm.Get_rank()
     try:
+        # Everything that checks input happens here, identically on every rank and
+        # before any communication, so bad input ends every rank the same way.
         args = build_parser().parse_args(argv)
-        if args.verb == "solve":
-            return _solve(args, comm, rank)
-        return _info(comm, rank)
+        job = _prepare_solve(args, comm, rank) if args.verb == "solve" else (lambda: _info(comm, rank))
     except (ConfigError, ValueError, TypeError, ImportError) as error:
         if rank == 0:
             print(f"mgrit-resnet: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return job()
 
 
-def _solve(args: argparse.Namespace, comm: Any, rank: int) -> int:
+def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
+    for option in ("json", "plot"):
+        _check_output_path(f"--{option}", getattr(args, option))
     cfg = load_config(args.config, parse_overrides(args.set))
-    problem = problems.from_config(cfg.problem)
-    solver = MGRIT(problem, comm=comm, **cfg.mgrit.as_dict())
-    result = solver.solve()
-    if rank == 0:
-        predicted = _predicted_factor(cfg, solver)
-        print(_report(cfg, solver, result, predicted))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        if args.plot:
-            title = f"{cfg.problem.kind}: {problem_text(cfg.problem)}\n{_mgrit_text(cfg, solver, result)}"
-            plot_residuals(result, args.plot, predicted, title)
-    return 0
+    solver = MGRIT(problems.from_config(cfg.problem), comm=comm, **cfg.mgrit.as_dict())
+
+    def run() -> int:
+        result = solver.solve()
+        if rank == 0:
+            predicted = _predicted_factor(cfg, solver)
+            print(_report(cfg, solver, result, predicted))
+            if args.json:
+                Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+            if args.plot:
+                title = f"{cfg.problem.kind}: {problem_text(cfg.problem)}\n{_mgrit_text(cfg, solver, result)}"
+                plot_residuals(result, args.plot, predicted, title)
+        return 0
+
+    return run
+
+
+def _check_output_path(option: str, path: str | None) -> None:
+    """Fail before the work, not after it, when an output file cannot be written."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"{option}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option}: the folder {str(folder)!r} is not writable")
 
 
 def _predicted_factor(cfg: Any, solver: MGRIT) -> float | None:
@@ -117,7 +135,6 @@ def problem_text(section: Any) -> str:
 
 
 def _info(comm: Any, rank: int) -> int:
-    import os
     import platform
 
     import numpy

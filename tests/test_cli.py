@@ -142,3 +142,10 @@ def test_info_under_mpiexec():
         assert word in proc.stdout
     assert re.search(r"^ranks\s+2$", proc.stdout, re.MULTILINE)
     assert proc.stdout.count("mpi4py") == 1
+
+
+def test_unwritable_output_is_refused_before_the_solve(tmp_path, capsys):
+    assert main(["solve", DAHLQUIST, "--json", str(tmp_path / "missing" / "r.json")]) == 2
+    assert "--json: the folder" in capsys.readouterr().err
+    assert main(["solve", DAHLQUIST, "--plot", str(tmp_path / "missing" / "r.png")]) == 2
+    assert "--plot: the folder" in capsys.readouterr().err
