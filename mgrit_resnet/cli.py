@@ -8,11 +8,12 @@ unexpected exception on any rank aborts all of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
     solver = MGRIT(problems.from_config(cfg.problem), comm=comm, **cfg.mgrit.as_dict())
 
     def run() -> int:
-        result = solver.solve()
+        with _progress(rank, solver.max_iter) as callback:
+            result = solver.solve(callback=callback)
         if rank == 0:
             predicted = _predicted_factor(cfg, solver)
             print(_report(cfg, solver, result, predicted))
@@ -77,6 +79,23 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
         return 0
 
     return run
+
+
+@contextlib.contextmanager
+def _progress(rank: int, total: int) -> Iterator[Callable[[int, float], None]]:
+    """A progress bar on rank 0 when stderr is a terminal (batch logs get the table only)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="MGRIT", unit="it", disable=rank != 0 or not sys.stderr.isatty(), leave=False)
+
+    def update(iteration: int, residual: float) -> None:
+        bar.update(iteration - bar.n)
+        bar.set_postfix(residual=f"{residual:.3e}")
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _check_output_path(option: str, path: str | None) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _arrays
@@ -133,7 +133,7 @@ class MGRIT:
         self._steps = 0
 
     # ------------------------------------------------------------------ driver
-    def solve(self, initial_guess: Sequence[Any] | None = None) -> SolveResult:
+    def solve(self, initial_guess: Sequence[Any] | None = None, callback: Callable[[int, float], None] | None = None) -> SolveResult:
         """Iterate until the tolerance is met or ``max_iter`` iterations are done.
 
         Parameters
@@ -142,6 +142,9 @@ class MGRIT:
             Optional warm start: this rank's fine-level states, one per owned
             point (``result.states`` of an earlier solve). Point 0 always takes
             the problem's initial value.
+        callback
+            Called on every rank as ``callback(iteration, residual)`` each time
+            a residual is known (iteration 0 is the initial guess).
         """
         start_time = time.perf_counter()
         backend = self.backend
@@ -166,6 +169,8 @@ class MGRIT:
                 initial_residual = residual
             else:
                 residuals.append(residual)
+            if callback is not None:
+                callback(iteration, residual)
             reference = initial_residual if initial_residual is not None else residuals[0]
             threshold = self.tol if self.tol_kind == "absolute" else self.tol * reference
             converged = residual <= threshold

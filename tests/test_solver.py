@@ -145,3 +145,9 @@ def test_bad_problem_options():
         mr.problems.Dahlquist(t_final=0.0)
     with pytest.raises(TypeError, match="z must be a real or complex number"):
         mr.problems.Dahlquist(z="1")
+
+
+def test_callback_sees_every_residual():
+    seen = []
+    result = mr.MGRIT(heat(), tol=1e-10).solve(callback=lambda k, r: seen.append((k, r)))
+    assert seen == [(0, result.initial_residual), *enumerate(result.residuals, start=1)]
