@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice, check_float, check_int
+from .mgrit import parse_relax
 
 
 class ConfigError(ValueError):
@@ -56,8 +57,6 @@ def _one_or_list(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 
 def _relax(name: str, value: Any) -> str:
-    from .mgrit import parse_relax
-
     parse_relax(value, name)
     return value
 

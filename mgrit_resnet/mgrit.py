@@ -270,16 +270,14 @@ class MGRIT:
     def _sweep(self, level: _Level, state: Any, first: int, stop: int) -> Any:
         """``u_j = Phi_l(u_{j-1}) + g_j`` for ``j = first, ..., stop - 1``, from ``state = u_{first-1}``.
 
-        The hot loop of F-relaxation and of the coarsest solve: kept free of
-        per-step method calls.
+        The hot loop of F-relaxation and of the coarsest solve: on the fine
+        level (no ``g``) it makes no call but the step itself.
         """
-        step, stride, index, a, u, g = self.problem.step, level.stride, level.index, level.own.start, level.u, level.g
+        step, stride, index, a, u = self.problem.step, level.stride, level.index, level.own.start, level.u
         for j in range(first, stop):
             state = step(state, (j - 1) * stride, j * stride, index)
-            if g is not None and g[j - a] is not None:
-                target, injected = g[j - a]
-                state -= injected
-                state += target
+            if level.g is not None:
+                state = self._plus_g(level, state, j)
             u[j - a] = state
         self._steps += max(stop - first, 0)
         return state

@@ -25,21 +25,16 @@ from typing import Any
 import numpy as np
 
 from ._checks import check_choice, check_int
+from .mgrit import parse_relax
 
 BOUND_KINDS = ("tight", "upper")
-
-
-def _cf_sweeps(relax: str) -> int:
-    from .mgrit import parse_relax
-
-    return parse_relax(relax)
 
 
 def error_propagator(lam: complex, mu: complex, m: int, n_coarse: int, relax: str = "F") -> np.ndarray:
     """The ``n_coarse x n_coarse`` two-level error propagator on the C-points ``1..n_coarse``."""
     m = check_int("m", m, minimum=2)
     n_coarse = check_int("n_coarse", n_coarse, minimum=1)
-    nu = _cf_sweeps(relax)
+    nu = parse_relax(relax)
     column = np.zeros(n_coarse, dtype=complex)
     lags = np.arange(1 + nu, n_coarse)
     column[1 + nu :] = (lam**m - mu) * lam ** (m * nu) * mu ** (lags - 1 - nu)
@@ -71,7 +66,7 @@ def two_level_bound(lam: complex, mu: complex, m: int, n_coarse: int, relax: str
     m = check_int("m", m, minimum=2)
     n_coarse = check_int("n_coarse", n_coarse, minimum=1)
     kind = check_choice("kind", kind, BOUND_KINDS)
-    nu = _cf_sweeps(relax)
+    nu = parse_relax(relax)
     a = abs(lam**m - mu) * abs(lam) ** (m * nu)
     b = abs(mu)
     if kind == "tight":
