@@ -228,10 +228,10 @@ class MGRIT:
                     f"initial_guess must hold one state per owned point ({len(own)} on rank {self.backend.rank}); got {len(states)}"
                 )
             fine.u = [_arrays.copy(s) for s in states]
-        elif self.initial_guess == "initial_value":
-            fine.u = [_arrays.copy(u0) for _ in own]
         else:
-            fine.u = [_arrays.zeros_like(u0) for _ in own]
+            # One shared object suffices: stored states are replaced, never changed in place.
+            fill = u0 if self.initial_guess == "initial_value" else _arrays.zeros_like(u0)
+            fine.u = [fill] * len(own)
         if own.start == 0:
             fine.u[0] = u0
         if states is None and self.initial_guess == "sequential_coarse":
