@@ -22,6 +22,17 @@ def empty_like(x: Any) -> Any:
     return np.empty_like(np.asarray(x))
 
 
+def on_device(x: Any) -> bool:
+    """True for a torch tensor that does not live in host memory."""
+    return is_torch(x) and x.device.type != "cpu"
+
+
+def host_empty_like(x: Any) -> Any:
+    """An uninitialised host (CPU) tensor of ``x``'s shape and dtype, pinned when that is possible."""
+    buffer = x.detach().new_empty(x.shape, device="cpu")
+    return buffer.pin_memory() if x.device.type == "cuda" else buffer
+
+
 def copy(x: Any) -> Any:
     return x.detach().clone() if is_torch(x) else np.array(x, copy=True)
 

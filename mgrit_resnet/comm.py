@@ -38,6 +38,8 @@ class Backend(Protocol):
 
     def gather(self, value: Any) -> list | None: ...
 
+    def bcast_buffer(self, buffer: Any, root: int) -> None: ...
+
 
 class SerialBackend:
     """One rank, no messages."""
@@ -62,6 +64,9 @@ class SerialBackend:
 
     def gather(self, value: Any) -> list | None:
         return [value]
+
+    def bcast_buffer(self, buffer: Any, root: int) -> None:
+        pass
 
 
 class MPIBackend:
@@ -95,12 +100,58 @@ class MPIBackend:
     def gather(self, value: Any) -> list | None:
         return self.comm.gather(value, root=0)
 
+    def bcast_buffer(self, buffer: Any, root: int) -> None:
+        """Overwrite ``buffer`` on every rank with root's (a CPU tensor or array, in place)."""
+        if self.rank == root:
+            self.bytes_sent += _arrays.nbytes(buffer) * (self.size - 1)
+        self.comm.Bcast(_arrays.mpi_buffer(buffer), root=root)
+
+
+class ReversedBackend:
+    """A backend with the rank order turned around: rank ``r`` appears as ``P - 1 - r``.
+
+    Lets the solver run backwards in time (the adjoint of a network) with the
+    same code: "left" and "right" swap, and rank 0 of the reversed view is the
+    last rank.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.inner = backend
+        self.size = backend.size
+        self.rank = backend.size - 1 - backend.rank
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.inner.bytes_sent
+
+    def _real(self, rank: int) -> int:
+        return self.size - 1 - rank
+
+    def isend(self, buffer: Any, dest: int, tag: int) -> Request:
+        return self.inner.isend(buffer, self._real(dest), tag)
+
+    def irecv(self, buffer: Any, source: int, tag: int) -> Request:
+        return self.inner.irecv(buffer, self._real(source), tag)
+
+    def allreduce_sum(self, value: float) -> float:
+        return self.inner.allreduce_sum(value)
+
+    def allgather(self, value: Any) -> list:
+        return self.inner.allgather(value)[::-1]
+
+    def gather(self, value: Any) -> list | None:
+        parts = self.inner.gather(value)
+        return None if parts is None else parts[::-1]
+
+    def bcast_buffer(self, buffer: Any, root: int) -> None:
+        self.inner.bcast_buffer(buffer, self._real(root))
+
 
 def backend_for(comm: Any | None) -> Backend:
     """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``)."""
     if comm is None:
         return SerialBackend()
-    if isinstance(comm, (SerialBackend, MPIBackend)):
+    if isinstance(comm, (SerialBackend, MPIBackend, ReversedBackend)):
         return comm
     if comm.Get_size() == 1:
         return SerialBackend()
@@ -114,6 +165,21 @@ def world() -> Any | None:
     except ImportError:
         return None
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def local_rank(backend: Backend) -> int:
+    """This rank's index among the ranks on the same node (0 for one rank)."""
+    if isinstance(backend, ReversedBackend):
+        backend = backend.inner
+    if not isinstance(backend, MPIBackend):
+        return 0
+    from mpi4py import MPI
+
+    node = backend.comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
 
 
 def mpi_versions() -> dict[str, str]:
@@ -166,13 +232,18 @@ class Channel:
         self.tag = tag
         self._recv_buffer = _arrays.empty_like(template) if left is not None else None
         self._send_buffer = _arrays.empty_like(template) if right is not None else None
+        # Device states travel through host copies (MPI here is not assumed to be CUDA-aware).
+        self._staged = _arrays.on_device(template)
+        self._recv_host = _arrays.host_empty_like(template) if self._staged and left is not None else None
+        self._send_host = _arrays.host_empty_like(template) if self._staged and right is not None else None
         self._recv_request: Request | None = None
         self._send_request: Request | None = None
 
     def post_recv(self) -> None:
         """Start receiving the left neighbour's state (no-op at the left end)."""
         if self.left is not None:
-            self._recv_request = self.backend.irecv(self._recv_buffer, self.left, self.tag)
+            target = self._recv_host if self._staged else self._recv_buffer
+            self._recv_request = self.backend.irecv(target, self.left, self.tag)
 
     def wait_recv(self) -> Any:
         """Finish the posted receive; the buffer is valid until the next :meth:`post_recv`."""
@@ -180,6 +251,8 @@ class Channel:
             raise RuntimeError("wait_recv called without a posted receive")
         self._recv_request.Wait()
         self._recv_request = None
+        if self._staged:
+            _arrays.copy_into(self._recv_buffer, self._recv_host)
         return self._recv_buffer
 
     def send(self, state: Any) -> None:
@@ -188,6 +261,10 @@ class Channel:
             return
         if self._send_request is not None:
             self._send_request.Wait()
+        if self._staged:
+            _arrays.copy_into(self._send_host, state)
+            self._send_request = self.backend.isend(self._send_host, self.right, self.tag)
+            return
         _arrays.copy_into(self._send_buffer, state)
         self._send_request = self.backend.isend(self._send_buffer, self.right, self.tag)
 

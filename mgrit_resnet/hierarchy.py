@@ -11,6 +11,7 @@ message. Ranks may own no point of a coarse level.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,17 +31,29 @@ class Hierarchy:
         the number of levels minus one.
     n_ranks
         Number of ranks the fine points are split over.
+    bounds
+        Optional block boundaries ``0 = b_0 < b_1 < ... < b_P = n_points``:
+        rank ``p`` owns fine points ``[b_p, b_{p+1})``. The default is the
+        balanced split ``b_p = p * n_points // P``.
     """
 
     n_points: int
     factors: tuple[int, ...]
     n_ranks: int = 1
+    bounds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int("n_points", self.n_points, minimum=2)
         for factor in self.factors:
             check_int("coarsening", factor, minimum=2)
         _check_ranks(self.n_ranks, self.n_points)
+        if self.bounds is not None:
+            b = self.bounds
+            if len(b) != self.n_ranks + 1 or b[0] != 0 or b[-1] != self.n_points or any(x >= y for x, y in zip(b, b[1:])):
+                raise ValueError(
+                    f"bounds must be {self.n_ranks + 1} increasing fine indices from 0 to {self.n_points} "
+                    f"(every rank at least one point); got {list(b)}"
+                )
 
     @classmethod
     def build(
@@ -50,6 +63,7 @@ class Hierarchy:
         coarsening: int | Sequence[int],
         min_coarse: int = 2,
         n_ranks: int = 1,
+        bounds: Sequence[int] | None = None,
     ) -> Hierarchy:
         """Coarsen until ``levels`` levels exist or the next one would be too small.
 
@@ -66,6 +80,8 @@ class Hierarchy:
             No level with fewer points than this is created.
         n_ranks
             Number of ranks; must not exceed ``n_points``.
+        bounds
+            Optional block boundaries (see :class:`Hierarchy`).
         """
         n_points = check_int("n_points", n_points, minimum=2)
         levels = check_int("levels", levels, minimum=1)
@@ -80,7 +96,7 @@ class Hierarchy:
                 break
             kept.append(factor)
             points = coarse_points
-        return cls(n_points, tuple(kept), n_ranks)
+        return cls(n_points, tuple(kept), n_ranks, None if bounds is None else tuple(int(b) for b in bounds))
 
     @property
     def n_levels(self) -> int:
@@ -108,8 +124,10 @@ class Hierarchy:
         return index % self.factor(level) == 0
 
     def fine_block(self, rank: int) -> range:
-        """The fine points of ``rank``: a balanced contiguous block."""
+        """The fine points of ``rank``: a contiguous block."""
         check_int("rank", rank, minimum=0, maximum=self.n_ranks - 1)
+        if self.bounds is not None:
+            return range(self.bounds[rank], self.bounds[rank + 1])
         return range(rank * self.n_points // self.n_ranks, (rank + 1) * self.n_points // self.n_ranks)
 
     def owned(self, level: int, rank: int) -> range:
@@ -122,6 +140,8 @@ class Hierarchy:
         """The rank that owns point ``index`` of ``level``."""
         check_int("index", index, minimum=0, maximum=self.points(level) - 1)
         fine = index * self.stride(level)
+        if self.bounds is not None:
+            return bisect.bisect_right(self.bounds, fine) - 1
         return ((fine + 1) * self.n_ranks - 1) // self.n_points
 
     def left(self, level: int, rank: int) -> int | None:

@@ -96,6 +96,16 @@ class MGRIT:
     comm
         An mpi4py communicator, a backend from :mod:`mgrit_resnet.comm`, or
         ``None`` for one rank.
+    partition
+        Optional fine-point block boundaries, one more than the number of
+        ranks (see :class:`~mgrit_resnet.hierarchy.Hierarchy`); balanced by default.
+
+    Notes
+    -----
+    With one level the solve is sequential time stepping, pipelined over the
+    ranks: one sweep, after which the residual is exactly zero by construction
+    (every point is ``Phi`` of its predecessor), so it is recorded as ``0.0``
+    without spending the steps to compute it.
     """
 
     def __init__(
@@ -114,10 +124,11 @@ class MGRIT:
         initial_guess: str = "zero",
         skip_first_down: bool = False,
         comm: Any = None,
+        partition: Sequence[int] | None = None,
     ) -> None:
         self.problem = problem
         self.backend: Backend = backend_for(comm)
-        self.hierarchy = Hierarchy.build(problem.n_steps + 1, levels, coarsening, min_coarse, self.backend.size)
+        self.hierarchy = Hierarchy.build(problem.n_steps + 1, levels, coarsening, min_coarse, self.backend.size, partition)
         self.relax = [parse_relax(r) for r in per_level("relax", relax, max(check_int("levels", levels, minimum=1) - 1, 1))]
         self.c_weight = check_float("c_weight", c_weight, minimum=0.0)
         if self.c_weight == 0.0:
@@ -161,7 +172,13 @@ class MGRIT:
         if self.skip_first_down and self.max_iter > 0:
             self._coarse_pass()
             iteration = 1
-        while True:
+        sequential = len(self._levels) == 1 and self.max_iter > 0
+        if sequential:
+            self._solve_coarsest(fine)
+            iteration, residuals, converged = 1, [0.0], True
+            if callback is not None:
+                callback(1, 0.0)
+        while not sequential:
             self._f_relax(fine)
             phi = self._probe(fine)
             residual = self._residual_norm(fine, phi)

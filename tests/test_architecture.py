@@ -35,7 +35,7 @@ def test_solver_layers_do_not_import_torch(name):
 
 
 def test_hierarchy_knows_only_integers():
-    assert imported_modules(PACKAGE / "hierarchy.py") <= {"__future__", "collections.abc", "dataclasses", "typing", "._checks"}
+    assert imported_modules(PACKAGE / "hierarchy.py") <= {"__future__", "bisect", "collections.abc", "dataclasses", "typing", "._checks"}
 
 
 def test_problems_know_nothing_of_ranks():

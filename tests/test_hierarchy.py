@@ -12,6 +12,8 @@ def _cases():
         for n_ranks in sorted({1, 2, 3, 4, 7, n_points - 1, n_points} - {0}):
             if n_ranks <= n_points:
                 yield Hierarchy.build(n_points, levels, factor, n_ranks=n_ranks)
+        if n_points >= 5:  # uneven explicit blocks, as the adjoint of a layer-parallel network uses
+            yield Hierarchy.build(n_points, levels, factor, n_ranks=3, bounds=[0, 1, n_points - 2, n_points])
 
 
 @pytest.mark.parametrize("h", list(_cases()), ids=str)
@@ -85,3 +87,9 @@ def test_wrong_types_are_type_errors():
         Hierarchy.build(10, 2.5, 2)
     with pytest.raises(TypeError, match="coarsening must be an integer"):
         Hierarchy.build(10, 2, "2")
+
+
+@pytest.mark.parametrize("bounds", [[0, 5], [1, 5, 10], [0, 6, 6, 10], [0, 4, 9]])
+def test_bad_bounds_are_rejected(bounds):
+    with pytest.raises(ValueError, match="bounds must be 3 increasing fine indices from 0 to 10"):
+        Hierarchy.build(10, 2, 2, n_ranks=2, bounds=bounds)

@@ -42,6 +42,7 @@ def test_one_level_is_sequential_stepping_to_the_last_bit(runs, n):
         expected.append(problem.step(expected[-1], i, i + 1, 0))
     case = runs[n]["cases"]["one_level"]
     assert case["iterations"] == 1 and case["residuals"] == [0.0]
+    assert sum(case["steps_per_rank"]) == problem.n_steps, "one sweep, no step spent on the residual"
     for got, want in zip(_states(case["states"]), expected, strict=True):
         np.testing.assert_array_equal(got.real, want)
 

@@ -28,7 +28,7 @@ for name in CASES:
     solver, result = run_case(name, comm)
     states = solver.gather_states(result)
     if comm.Get_rank() == 0:
-        out["cases"][name] = dict(result.to_json(), states=encode(states))
+        out["cases"][name] = dict(result.to_json(), states=encode(states), steps_per_rank=result.steps_per_rank)
 
 bad_inputs = {
     "coarsening": dict(coarsening=1),
