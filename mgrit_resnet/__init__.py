@@ -12,4 +12,13 @@ from .mgrit import MGRIT as MGRIT
 from .result import SolveResult as SolveResult
 
 __version__ = "0.1.0"
-__all__ = ["MGRIT", "SolveResult", "Hierarchy", "Config", "load_config", "problems", "theory", "__version__"]
+__all__ = ["MGRIT", "SolveResult", "Hierarchy", "Config", "load_config", "problems", "theory", "nn", "__version__"]
+
+
+def __getattr__(name: str):
+    # ``mr.nn`` imports torch; load it on first use so that ``import mgrit_resnet`` stays light.
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

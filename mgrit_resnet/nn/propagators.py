@@ -1,0 +1,83 @@
+"""The network's forward and adjoint propagation as MGRIT problems.
+
+Forward: point ``n`` holds the state ``x_n``; the step from fine point ``a`` to
+``b`` (``b - a = 1`` on the fine level, the level's stride on coarser ones)
+is the residual layer ``a`` with step size ``(b - a) h``.
+
+Adjoint: run backwards in layer-time, so point ``t`` holds ``lambda_{N - t}``
+and the step into point ``t`` applies the transposed Jacobian of layer
+``N - t`` at its stored forward state, with step size ``(b - a) h``: on
+coarse levels that is exactly the adjoint of the forward coarse step of the
+same interval, linearised at the fine state.
+
+Both record what the gradient needs from the *last* fine-level evaluation of
+every layer (MGRIT ends each iteration with an F-relaxation and the
+C-point probe, which between them evaluate every layer at its final input):
+the forward keeps each layer's input and activation, the adjoint each layer's
+``sigma'(z) * h * lambda``, from which the parameter gradients follow without
+another pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .activations import Activation
+
+
+class ForwardProblem:
+    """Forward propagation through the layers in ``weights`` (layer index -> (W, b))."""
+
+    def __init__(
+        self, x0: torch.Tensor, weights: dict[int, tuple[torch.Tensor, torch.Tensor]], h: float, depth: int, ops: Any, act: Activation
+    ):
+        self.x0 = x0
+        self.weights = weights
+        self.h = h
+        self.n_steps = depth
+        self.ops = ops
+        self.act = act
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def initial_value(self) -> torch.Tensor:
+        return self.x0
+
+    def step(self, u: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
+        weight, bias = self.weights[start]
+        a, saved = self.act.forward(self.ops.pre(u, weight, bias))
+        if level == 0:
+            self.saved[start] = (u, saved)
+            return u + self.h * a
+        return u + ((stop - start) * self.h) * a
+
+
+class AdjointProblem:
+    """Adjoint propagation, backwards through the layers of a finished :class:`ForwardProblem`."""
+
+    def __init__(self, terminal: torch.Tensor, forward: ForwardProblem):
+        self.terminal = terminal
+        self.forward = forward
+        self.n_steps = forward.n_steps
+        self.gz: dict[int, torch.Tensor] = {}
+
+    def initial_value(self) -> torch.Tensor:
+        return self.terminal
+
+    def step(self, lam: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
+        fwd = self.forward
+        layer = fwd.n_steps - stop
+        x, saved = fwd.saved[layer]
+        weight = fwd.weights[layer][0]
+        h = fwd.h if level == 0 else (stop - start) * fwd.h
+        gz = fwd.act.backward(lam * h, saved)
+        if level == 0:
+            self.gz[layer] = gz
+        return lam + fwd.ops.input_vjp(gz, x, weight)
+
+    def parameter_grads(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dL/dW, dL/db)`` of ``layer`` from the last fine-level adjoint step through it."""
+        fwd = self.forward
+        x = fwd.saved[layer][0]
+        return fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])

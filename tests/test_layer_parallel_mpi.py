@@ -1,0 +1,85 @@
+"""The layer-parallel network against its serial twin under mpiexec at 1, 2, 3 and 4 ranks.
+
+One launch per rank count runs ``tests/mpi/layer_parallel.py``; depths 13 and
+37 do not divide evenly over 2, 3 or 4 ranks.
+"""
+
+import json
+
+import pytest
+from conftest import mpirun
+
+pytestmark = pytest.mark.mpi
+RANKS = [1, 2, 3, 4]
+CASES = [
+    "dense_N13_L1",
+    "dense_N13_L2_m2",
+    "dense_N37_L3_m3_smooth",
+    "dense_N37_L2_m4_relu_F",
+    "conv_N13_L3_m2",
+    "conv_N37_L2_m4_smooth",
+    "conv_N37_L1_relu",
+    "dense_N37_float32",
+]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    out = {}
+    for n in RANKS:
+        path = tmp_path_factory.mktemp("lp") / f"lp_{n}.json"
+        mpirun(n, ["python", "tests/mpi/layer_parallel.py", str(path)])
+        out[n] = json.loads(path.read_text())
+    return out
+
+
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("case", CASES)
+def test_logits_and_every_gradient_match_serial_autograd(reports, n, case):
+    r = reports[n]["cases"][case]
+    assert r["same_keys"] and r["same_init"], "the same network, keyed like ODEResNet.state_dict()"
+    assert r["fwd_converged"] and r["adj_converged"]
+    tol = 1e-5 if "float32" in case else 1e-10
+    assert r["output"] <= tol and r["grad"] <= tol and r["input_grad"] <= tol
+    if "_L1" in case:
+        assert r["bitwise"], "one level is layer-serial propagation: bitwise the serial result"
+        assert r["fwd_iterations"] == r["adj_iterations"] == 1
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_every_rank_holds_exactly_its_own_layers(reports, n):
+    own = reports[n]["ownership"]
+    assert all(own["names_match"])
+    starts, stops = zip(*own["owned"])
+    assert starts[0] == 0 and stops[-1] == 37 and list(starts[1:]) == list(stops[:-1]), "the layers are split without overlap"
+    assert own["layer_numel"] == [(b - a) * own["per_layer_numel"] for a, b in own["owned"]]
+    assert max(b - a for a, b in own["owned"]) <= -(-37 // n) + 1, "balanced: memory ~ N / P"
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_one_shot_gradient_error_falls_with_the_iteration_counts(reports, n):
+    rows = {(f, b): err for f, b, err, fi, bi in reports[n]["one_shot"]}
+    assert all(fi == f and bi == b for f, b, _, fi, bi in reports[n]["one_shot"]), "exactly the requested iterations"
+    assert rows[(2, 1)] <= 1.01 * rows[(1, 1)]
+    assert rows[(3, 3)] < 0.1 * rows[(2, 1)]
+    assert rows[(5, 5)] < 0.1 * rows[(3, 3)]
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_warm_start_applies_to_the_same_batch_only(reports, n):
+    first, second, third, other = reports[n]["warm_start"]
+    assert second < 0.2 * first and third < 0.2 * second, "each call continues from the last one's states"
+    assert other > 0.5 * first, "another batch starts cold"
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_bad_input_is_an_error_on_every_rank(reports, n):
+    last = n - 1 if n > 1 else 0
+    for messages in reports[n]["errors"]:
+        assert messages["shape"] == "the dense network input must have shape (batch, 3); got (4, 5)" + (" (on rank 0)" if n > 1 else "")
+        assert messages["nan_on_last_rank"].startswith("the network input contains NaN or infinite values")
+        if n > 1:
+            assert messages["nan_on_last_rank"].endswith(f"(on rank {last})")
+        assert messages["depth"] == "network.depth must be an integer >= 1; got 0"
+        assert "mgrit.coarsening=16 leaves no coarse grid for network.depth=13" in messages["coarsening"]
+        assert "network.activation must be one of 'tanh', 'relu', 'smooth_relu'" in messages["activation"]

@@ -1,0 +1,128 @@
+"""The networks on one process: the serial twin, gradcheck, activations, initialisation, errors."""
+
+import pytest
+import torch
+
+import mgrit_resnet as mr
+from mgrit_resnet.nn import ACTIVATIONS, LayerParallel, NetworkSpec, ODEResNet
+from mgrit_resnet.nn.activations import ETA, smooth_relu
+
+
+def tiny(**kw):
+    return NetworkSpec(**dict(dict(kind="dense", in_features=2, width=3, depth=6, n_classes=2, dtype="float64"), **kw))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_gradcheck_through_both_mgrit_solves(kind):
+    spec = tiny(kind=kind, in_channels=1, image_size=3, width=2)
+    # tol = 0: iterate until the residual is exactly zero (two-level MGRIT is exact after finitely many iterations).
+    par = LayerParallel(spec, levels=2, coarsening=2, tol=0.0, max_iter=20, seed=1)
+    x = torch.randn((2, *spec.input_shape()), dtype=torch.float64, requires_grad=True)
+    weight = par.layers["3"].weight
+    assert torch.autograd.gradcheck(par, (x,))
+    assert par.stats.forward["converged"] and par.stats.adjoint["converged"]
+    # Parameter gradients: compare with finite differences of the loss in one residual weight.
+    y = torch.tensor([0, 1])
+    loss = torch.nn.functional.cross_entropy(par(x), y)
+    loss.backward()
+    eps, i = 1e-6, (0, 1) if kind == "dense" else (0, 1, 1, 2)
+    with torch.no_grad():
+        weight[i] += eps
+        up = torch.nn.functional.cross_entropy(par(x), y)
+        weight[i] -= 2 * eps
+        down = torch.nn.functional.cross_entropy(par(x), y)
+        weight[i] += eps
+    assert float(weight.grad[i]) == pytest.approx(float(up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+
+
+def test_serial_network_is_forward_euler():
+    spec = tiny(activation="tanh")
+    net = ODEResNet(spec, seed=2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    states = net.states(x)
+    assert len(states) == spec.depth + 1
+    for n, layer in enumerate(net.layers):
+        expected = states[n] + spec.h * torch.tanh(states[n] @ layer.weight.T + layer.bias)
+        torch.testing.assert_close(states[n + 1], expected, rtol=0, atol=1e-15)
+
+
+def test_initialisation_depends_only_on_seed_and_layer():
+    a = ODEResNet(tiny(depth=9), seed=4).state_dict()
+    b = ODEResNet(tiny(depth=5), seed=4).state_dict()
+    c = ODEResNet(tiny(depth=5, dtype="float32"), seed=4).state_dict()
+    for key in b:
+        if key.startswith("layers."):
+            assert torch.equal(a[key], b[key])
+        assert torch.equal(b[key].float(), c[key])
+    assert not torch.equal(ODEResNet(tiny(), seed=5).layers[0].weight, ODEResNet(tiny(), seed=4).layers[0].weight)
+    assert not torch.equal(a["layers.0.weight"], a["layers.1.weight"])
+
+
+def test_smooth_relu_is_continuously_differentiable():
+    z = torch.tensor([-1.0, -ETA, -0.05, 0.0, 0.05, ETA, 1.0], dtype=torch.float64, requires_grad=True)
+    y = smooth_relu(z)
+    expected = torch.where(z.abs() < ETA, z * z / (4 * ETA) + z / 2 + ETA / 4, torch.relu(z))
+    torch.testing.assert_close(y, expected)
+    assert torch.autograd.gradcheck(smooth_relu, (torch.linspace(-0.3, 0.3, 13, dtype=torch.float64).requires_grad_(),))
+    # value and slope match at the joins |z| = eta
+    for point in (-ETA, ETA):
+        left, right = torch.tensor([point - 1e-9, point + 1e-9], dtype=torch.float64)
+        assert float(smooth_relu(left)) == pytest.approx(float(smooth_relu(right)), abs=1e-8)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_backward_is_the_autograd_derivative(name):
+    act = ACTIVATIONS[name]
+    z = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(50, dtype=torch.float64)
+    a, saved = act.forward(z.detach())
+    (expected,) = torch.autograd.grad(act.apply(z), z, g)
+    assert torch.equal(act.backward(g, saved), expected)
+
+
+def test_state_dict_round_trip_and_mismatch():
+    spec = tiny()
+    par = LayerParallel(spec, levels=1, seed=0)
+    par.load_full_state_dict(ODEResNet(spec, seed=9).state_dict())
+    assert all(torch.equal(v, ODEResNet(spec, seed=9).state_dict()[k]) for k, v in par.full_state_dict().items())
+    with pytest.raises(ValueError, match="state dict does not match this network"):
+        par.load_full_state_dict(ODEResNet(tiny(depth=5)).state_dict())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(levels=2, coarsening=7), "mgrit.coarsening=7 leaves no coarse grid for network.depth=6"),
+        (dict(fwd_iters=0), "fwd_iters must be an integer >= 1"),
+        (dict(relax="CF"), "relax must be 'F', 'FCF'"),
+        (dict(warm_start="yes"), "warm_start must be true or false"),
+    ],
+)
+def test_bad_options(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        LayerParallel(tiny(), **options)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.zeros(3, 4), r"must have shape \(batch, 2\); got \(3, 4\)"),
+        (torch.zeros(0, 2), r"got \(0, 2\)"),
+        (torch.zeros(3, 2, dtype=torch.long), "floating-point"),
+        (torch.tensor([[0.0, float("inf")]]), "NaN or infinite"),
+        ([[0.0, 1.0]], "must be a torch.Tensor"),
+    ],
+)
+def test_bad_input(x, message):
+    for net in (ODEResNet(tiny()), LayerParallel(tiny(), levels=1)):
+        with pytest.raises(ValueError, match=message):
+            net(x)
+
+
+def test_from_config_matches_the_interface():
+    cfg = mr.load_config(overrides={"network.depth": 8, "network.dtype": "float64", "mgrit.levels": 2})
+    net = mr.nn.ODEResNet.from_config(cfg.network, seed=0)
+    par = mr.nn.LayerParallel.from_config(cfg.network, cfg.mgrit, comm=None, seed=0)
+    assert par.owned_layers == range(8)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(par(x), net(x), rtol=1e-10, atol=0)
