@@ -1,4 +1,4 @@
-"""The ``mgrit-resnet`` command line: ``solve`` and ``info``.
+"""The ``mgrit-resnet`` command line: ``solve``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
     solve.add_argument("--json", metavar="FILE", help="write the result as JSON")
     solve.add_argument("--plot", metavar="FILE", help="draw the residual history (PNG, PDF or SVG by suffix)")
+    verify = verbs.add_parser("verify", help="compare the layer-parallel network with its serial twin (output and every gradient)")
+    verify.add_argument("config", help="TOML config file ([network] and [mgrit] are used)")
+    verify.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+    verify.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    verify.add_argument("--batch", type=int, default=8, help="number of random input samples (default 8)")
+    verify.add_argument(
+        "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
+    )
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 
@@ -51,7 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything that checks input happens here, identically on every rank and
         # before any communication, so bad input ends every rank the same way.
         args = build_parser().parse_args(argv)
-        job = _prepare_solve(args, comm, rank) if args.verb == "solve" else (lambda: _info(comm, rank))
+        if args.verb == "solve":
+            job = _prepare_solve(args, comm, rank)
+        elif args.verb == "verify":
+            from .verify import prepare_verify
+
+            _check_output_path("--json", args.json)
+            job = prepare_verify(args, comm, rank)
+        else:
+            job = lambda: _info(comm, rank)  # noqa: E731
     except (ConfigError, ValueError, TypeError, ImportError) as error:
         if rank == 0:
             print(f"mgrit-resnet: error: {error}", file=sys.stderr)

@@ -56,3 +56,12 @@ def test_mgrit_overhead_under_mpiexec(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["ranks"] == 2 and len(figures["steps_per_rank"]) == 2
     assert figures["mgrit_time"] > 0 and figures["bare_time"] > 0 and figures["ratio"] > 0
+
+
+def test_serial_overhead_runs(tmp_path, capsys):
+    out = tmp_path / "serial.json"
+    rows = load(ROOT / "benchmarks" / "serial_overhead.py").main(["--quick", "--repeat", "2", "--json", str(out)])
+    assert [r["case"] for r in rows] == ["dense N=64 w=8", "conv N=8 c=4 12x12"]
+    assert all(r["mgrit_resnet_s"] > 0 and r["plain_s"] > 0 and r["ratio"] > 0 for r in rows)
+    assert json.loads(out.read_text()) == rows
+    assert "ratio" in capsys.readouterr().out

@@ -149,3 +149,52 @@ def test_unwritable_output_is_refused_before_the_solve(tmp_path, capsys):
     assert "--json: the folder" in capsys.readouterr().err
     assert main(["solve", DAHLQUIST, "--plot", str(tmp_path / "missing" / "r.png")]) == 2
     assert "--plot: the folder" in capsys.readouterr().err
+
+
+VERIFY = str(ROOT / "examples" / "verify.toml")
+
+
+def test_verify_passes_and_writes_the_interface_json(tmp_path, capsys):
+    out = tmp_path / "v.json"
+    assert main(["verify", VERIFY, "--set", "network.depth=13", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"max_rel_diff_output", "max_rel_diff_grad", "ranks", "passed"} <= set(report)
+    assert report["passed"] is True and report["ranks"] == 1 and report["max_rel_diff_grad"] <= 1e-10
+    assert "PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n, kind", [(2, "dense"), (3, "conv"), (4, "dense")])
+def test_verify_under_mpiexec(tmp_path, n, kind):
+    out = tmp_path / "v.json"
+    args = ["python", "-m", "mgrit_resnet", "verify", VERIFY, "--set", f'network.kind="{kind}"', "--set", "network.image_size=4"]
+    proc = mpirun(n, [*args, "--json", str(out)], timeout=120)
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["ranks"] == n and report["max_rel_diff_grad"] <= 1e-10 and report["max_rel_diff_output"] <= 1e-10
+    assert proc.stdout.count("PASSED") == 1, "only rank 0 prints"
+
+
+@pytest.mark.mpi
+def test_verify_exits_1_on_every_rank_when_the_solve_is_cut_short(tmp_path):
+    out = tmp_path / "v.json"
+    args = ["python", "-m", "mgrit_resnet", "verify", VERIFY, "--set", "mgrit.max_iter=1", "--set", "mgrit.tol=0", "--json", str(out)]
+    proc = mpirun(3, args, timeout=120, check=False)
+    assert proc.returncode == 1 and "FAILED" in proc.stdout
+    assert json.loads(out.read_text())["passed"] is False
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    "n, override, message",
+    [
+        (2, "network.depth=0", "network.depth must be an integer >= 1; got 0"),
+        (4, "network.depth=5", "network.depth must be at least 2 * ranks - 1 = 7"),
+        (3, "mgrit.coarsening=64", "mgrit.coarsening=64 leaves no coarse grid for network.depth=37"),
+        (2, "network.activation=sigmoid", "network.activation must be one of 'tanh', 'relu', 'smooth_relu'"),
+    ],
+)
+def test_verify_bad_input_exits_2_without_hanging(n, override, message):
+    proc = mpirun(n, ["python", "-m", "mgrit_resnet", "verify", VERIFY, "--set", override], timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count(message) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -155,7 +155,7 @@ class LayerParallel(nn.Module):
             )
         self._foreign = self._plan_foreign_layers(hierarchy)
 
-        device = resolve_device(spec, comm_module.local_rank(self.backend))
+        device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
         self.device = device
         self.opening = make_opening(spec, seed, device)
         self.layers = nn.ModuleDict({str(n): ResidualLayer(spec, n, seed, device) for n in self.owned_layers})
