@@ -50,6 +50,7 @@ docs: setup
 
 bench: setup
 	$(BIN)/python benchmarks/mgrit_overhead.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/serial_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build
