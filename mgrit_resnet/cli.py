@@ -1,4 +1,4 @@
-"""The ``mgrit-resnet`` command line: ``solve``, ``verify`` and ``info``.
+"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``plot``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
     )
+    train = verbs.add_parser("train", help="train the [network] on the [data] with the [train] strategy")
+    train.add_argument("config", help="TOML config file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+    train.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
+    train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    plot = verbs.add_parser("plot", help="draw loss, accuracy and MGRIT residuals of a train --out folder")
+    plot.add_argument("run_dir", metavar="DIR", help="a folder written by train --out")
+    plot.add_argument("--out", metavar="FILE", help="image file (default DIR/training.png)")
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 
@@ -61,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.verb == "solve":
             job = _prepare_solve(args, comm, rank)
+        elif args.verb == "train":
+            from .train_cli import prepare_train
+
+            job = prepare_train(args, comm, rank)
+        elif args.verb == "plot":
+            job = _prepare_plot(args, rank)
         elif args.verb == "verify":
             from .verify import prepare_verify
 
@@ -112,6 +126,22 @@ def _progress(rank: int, total: int) -> Iterator[Callable[[int, float], None]]:
         yield update
     finally:
         bar.close()
+
+
+def _prepare_plot(args: argparse.Namespace, rank: int) -> Callable[[], int]:
+    from .plot import plot_training
+
+    target = args.out or str(Path(args.run_dir) / "training.png")
+    _check_output_path("--out", target)
+    if not (Path(args.run_dir) / "metrics.jsonl").is_file():
+        raise ValueError(f"plot: {args.run_dir!r} has no metrics.jsonl (is it a train --out folder?)")
+
+    def run() -> int:
+        if rank == 0:
+            print(f"wrote {plot_training(args.run_dir, target)}")
+        return 0
+
+    return run
 
 
 def _check_output_path(option: str, path: str | None) -> None:

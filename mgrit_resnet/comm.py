@@ -40,6 +40,8 @@ class Backend(Protocol):
 
     def bcast_buffer(self, buffer: Any, root: int) -> None: ...
 
+    def allreduce_buffer(self, buffer: Any) -> None: ...
+
 
 class SerialBackend:
     """One rank, no messages."""
@@ -66,6 +68,9 @@ class SerialBackend:
         return [value]
 
     def bcast_buffer(self, buffer: Any, root: int) -> None:
+        pass
+
+    def allreduce_buffer(self, buffer: Any) -> None:
         pass
 
 
@@ -105,6 +110,11 @@ class MPIBackend:
         if self.rank == root:
             self.bytes_sent += _arrays.nbytes(buffer) * (self.size - 1)
         self.comm.Bcast(_arrays.mpi_buffer(buffer), root=root)
+
+    def allreduce_buffer(self, buffer: Any) -> None:
+        """Sum ``buffer`` over all ranks, in place (a CPU tensor or array)."""
+        self.bytes_sent += _arrays.nbytes(buffer)
+        self.comm.Allreduce(self._mpi.IN_PLACE, _arrays.mpi_buffer(buffer), op=self._mpi.SUM)
 
 
 class ReversedBackend:
@@ -146,6 +156,9 @@ class ReversedBackend:
     def bcast_buffer(self, buffer: Any, root: int) -> None:
         self.inner.bcast_buffer(buffer, self._real(root))
 
+    def allreduce_buffer(self, buffer: Any) -> None:
+        self.inner.allreduce_buffer(buffer)
+
 
 def backend_for(comm: Any | None) -> Backend:
     """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``)."""
@@ -165,6 +178,11 @@ def world() -> Any | None:
     except ImportError:
         return None
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def split(comm: Any | None, color: int, key: int) -> Any | None:
+    """``comm.Split(color, key)``; ``None`` stays ``None`` (one rank)."""
+    return None if comm is None else comm.Split(color, key)
 
 
 def local_rank(backend: Backend) -> int:

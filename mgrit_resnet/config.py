@@ -126,6 +126,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "fwd_iters": (2, _integer(1)),
         "bwd_iters": (1, _integer(1)),
         "seed": (0, _integer(0)),
+        "warm_start": (True, _boolean),
+        "momentum": (0.9, _real(minimum=0.0)),
+        "schedule": ("none", _choice("none", "step", "cosine")),
+        "lr_step": (10, _integer(1)),
+        "lr_gamma": (0.1, _real(positive=True)),
+        "data_parallel": (1, _integer(1)),
     },
 }
 

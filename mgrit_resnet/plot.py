@@ -49,3 +49,54 @@ def plot_residuals(result: SolveResult, path: str | Path, predicted: float | Non
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_training(run_dir: str | Path, path: str | Path) -> Path:
+    """Loss and accuracy per epoch, and the last MGRIT residuals, of a ``train --out`` folder.
+
+    Parameters
+    ----------
+    run_dir
+        A folder written by ``mgrit-resnet train --out``; ``metrics.jsonl`` is read.
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    """
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise ValueError(f"plot: {str(metrics_file)!r} does not exist (is {str(run_dir)!r} a train --out folder?)")
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"plot: {str(metrics_file)!r} has no epochs yet")
+    summary_file = Path(run_dir) / "summary.json"
+    strategy = json.loads(summary_file.read_text()).get("strategy", "") if summary_file.is_file() else ""
+    epochs = [r["epoch"] for r in rows]
+    has_solver = any(r.get("fwd_residual") is not None for r in rows)
+    fig, axes = plt.subplots(1, 3 if has_solver else 2, figsize=(13 if has_solver else 9, 3.8))
+    axes[0].plot(epochs, [r["train_loss"] for r in rows], marker="o")
+    axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    axes[1].plot(epochs, [r["train_accuracy"] for r in rows], marker="o", label="training (running)")
+    if rows[0].get("val_accuracy") is not None:
+        axes[1].plot(epochs, [r["val_accuracy"] for r in rows], marker="s", label="validation")
+    axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    axes[1].legend()
+    if has_solver:
+        for name, label in (("fwd_residual", "forward"), ("adj_residual", "adjoint")):
+            values = [r.get(name) for r in rows]
+            axes[2].semilogy(epochs, [v if v else float("nan") for v in values], marker="o", label=label)
+        axes[2].set(xlabel="epoch", ylabel="residual after the last step's solve", title="MGRIT residuals")
+        axes[2].legend()
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

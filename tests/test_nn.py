@@ -126,3 +126,12 @@ def test_from_config_matches_the_interface():
     assert par.owned_layers == range(8)
     x = torch.randn(5, 2, dtype=torch.float64)
     torch.testing.assert_close(par(x), net(x), rtol=1e-10, atol=0)
+
+
+def test_predict_is_the_exact_network_whatever_the_solver_settings():
+    spec = tiny(depth=12)
+    net = ODEResNet(spec, seed=3)
+    par = LayerParallel(spec, levels=3, coarsening=2, fwd_iters=1, bwd_iters=1, seed=3)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    assert torch.equal(par.predict(x), net(x).detach())
+    assert not torch.allclose(par(x), net(x), rtol=1e-8), "one iteration alone is not exact"

@@ -217,6 +217,24 @@ class LayerParallel(nn.Module):
         state = _LayerParallelFunction.apply(open_state(self.spec, self.opening, x), self, warm, *self._owned_parameters())
         return classify(self.spec, self.classifier, state)
 
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the exact network, by layer-serial propagation pipelined over the ranks (collective, no autograd).
+
+        Use it to evaluate a network trained with inexact (one-shot) solves:
+        the result does not depend on solver settings or warm starts.
+        """
+        self._check_collectively(self.spec.check_input(x))
+        x = x.to(device=self.device, dtype=self.spec.torch_dtype)
+        x0 = open_state(self.spec, self.opening, x)
+        weights = {n: (self.layers[str(n)].weight, self.layers[str(n)].bias) for n in self.owned_layers}
+        problem = ForwardProblem(x0, weights, self.spec.h, self.spec.depth, self.spec.ops, self.spec.act)
+        self._serial_forward.problem = problem
+        result = self._serial_forward.solve()
+        last = self.backend.size - 1
+        final = _broadcast(self.backend, result.states[-1] if self.backend.rank == last else None, x0, last)
+        return classify(self.spec, self.classifier, final)
+
     def _check_collectively(self, problem: str | None) -> None:
         problems = self.backend.allgather(problem)
         for rank, message in enumerate(problems):
@@ -298,6 +316,46 @@ class LayerParallel(nn.Module):
         with torch.no_grad():
             for key, param in self.named_parameters():
                 param.copy_(state[key])
+
+    def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
+        """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
+
+        Independent of the rank count; :meth:`load_warm_state_dict` takes them
+        back at any rank count, so a resumed one-shot run continues exactly.
+        """
+        fwd_start = self._forward_solver.hierarchy.fine_block(self.backend.rank).start
+        adj_start = self._adjoint_solver.hierarchy.fine_block(self._adjoint_solver.backend.rank).start
+
+        def host(states):
+            return None if states is None else [s.detach().cpu() for s in states]
+
+        local = {key: (w.fingerprint, fwd_start, host(w.forward), adj_start, host(w.adjoint)) for key, w in self._warm.items()}
+        merged: dict[Hashable, dict[str, Any]] = {}
+        for part in self.backend.allgather(local):
+            for key, (fingerprint, fs, fwd, as_, adj) in part.items():
+                entry = merged.setdefault(key, {"fingerprint": fingerprint, "forward": {}, "adjoint": {}})
+                for name, start, states in (("forward", fs, fwd), ("adjoint", as_, adj)):
+                    if states is not None:
+                        entry[name].update((start + i, s) for i, s in enumerate(states))
+        points = self.spec.depth + 1
+        for entry in merged.values():
+            for name in ("forward", "adjoint"):
+                got = entry[name]
+                entry[name] = [got[i] for i in range(points)] if len(got) == points else None
+        return merged
+
+    def load_warm_state_dict(self, states: dict[Hashable, dict[str, Any]]) -> None:
+        """Take this rank's part of :meth:`warm_state_dict` (replaces the current warm starts)."""
+        fwd = self._forward_solver.hierarchy.fine_block(self.backend.rank)
+        adj = self._adjoint_solver.hierarchy.fine_block(self._adjoint_solver.backend.rank)
+
+        def mine(trajectory, block):
+            return None if trajectory is None else [trajectory[i].to(self.device) for i in block]
+
+        self._warm = {
+            key: _WarmStart(tuple(entry["fingerprint"]), mine(entry["forward"], fwd), mine(entry["adjoint"], adj))
+            for key, entry in states.items()
+        }
 
     def extra_repr(self) -> str:
         return f"depth={self.spec.depth}, owned_layers={self.owned_layers}, ranks={self.backend.size}"

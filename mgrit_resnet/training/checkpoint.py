@@ -1,0 +1,40 @@
+"""Checkpoints: written atomically, loadable at any rank count."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+def save_atomically(payload: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``.
+
+    A crash leaves either the old checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload, format=FORMAT), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
+    return payload

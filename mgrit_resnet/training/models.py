@@ -1,0 +1,81 @@
+"""One interface over the strategies: what the training loop needs from a network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn import LayerParallel, ODEResNet
+
+STRATEGIES = ("serial", "exact", "one_shot")
+
+
+class TrainModel:
+    """A network under one strategy.
+
+    ``serial``: :class:`~mgrit_resnet.nn.ODEResNet` by autograd (every rank of a
+    layer group holds the whole network). ``exact``: :class:`~mgrit_resnet.nn.LayerParallel`
+    solved to ``mgrit.tol``. ``one_shot``: ``LayerParallel`` with
+    ``train.fwd_iters`` / ``train.bwd_iters`` iterations per step, warm-started per batch.
+    """
+
+    def __init__(self, cfg: Any, layer_comm: Any, seed: int) -> None:
+        self.strategy = cfg.train.strategy
+        if self.strategy == "serial":
+            self.module: nn.Module = ODEResNet.from_config(cfg.network, seed=seed)
+        else:
+            options = {}
+            if self.strategy == "one_shot":
+                options = dict(fwd_iters=cfg.train.fwd_iters, bwd_iters=cfg.train.bwd_iters, warm_start=cfg.train.warm_start)
+            self.module = LayerParallel.from_config(cfg.network, cfg.mgrit, comm=layer_comm, seed=seed, **options)
+        self.parallel = isinstance(self.module, LayerParallel)
+
+    @property
+    def owned_layers(self) -> range:
+        return self.module.owned_layers if self.parallel else range(self.module.spec.depth)
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return list(self.module.named_parameters())
+
+    def loss_backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[float, int]:
+        """Cross-entropy (mean over the batch, times ``weight``), backpropagated; returns (loss, correct predictions)."""
+        logits = self.module(x, key=key) if self.parallel else self.module(x)
+        loss = nn.functional.cross_entropy(logits, y) * weight
+        loss.backward()
+        return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the exact network (layer-serial propagation for the parallel strategies)."""
+        return self.module.predict(x) if self.parallel else self.module(x)
+
+    def solver_stats(self) -> dict[str, Any]:
+        if not self.parallel:
+            return {}
+        s = self.module.stats
+        return {
+            "fwd_iterations": s.forward.get("iterations"),
+            "adj_iterations": s.adjoint.get("iterations"),
+            "fwd_residual": (s.forward.get("residuals") or [None])[-1],
+            "adj_residual": (s.adjoint.get("residuals") or [None])[-1],
+        }
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.parallel:
+            return self.module.full_state_dict()
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.parallel:
+            self.module.load_full_state_dict(state)
+        else:
+            self.module.load_state_dict(state)
+
+    def warm_state_dict(self) -> dict | None:
+        return self.module.warm_state_dict() if self.strategy == "one_shot" else None
+
+    def load_warm_state_dict(self, states: dict | None) -> None:
+        if self.strategy == "one_shot" and states is not None:
+            self.module.load_warm_state_dict(states)

@@ -1,0 +1,46 @@
+"""Optimisers and learning-rate schedules on a rank's own and replicated parameters."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam", "lbfgs")
+
+
+def make_optimizer(train: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """``sgd`` (with ``train.momentum``) or ``adam`` from ``torch.optim``."""
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr)
+    raise ValueError(f"train.optimizer = {train.optimizer!r} has no torch.optim optimiser; allowed here: sgd, adam")
+
+
+def make_schedule(train: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: constant, step decay, or cosine to zero over ``train.epochs``."""
+    if train.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step, gamma=train.lr_gamma)
+    if train.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * epoch / train.epochs)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def portable_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, Any]:
+    """The optimiser state keyed by parameter name instead of position, so it loads at any rank count."""
+    state = optimizer.state_dict()
+    per_param = {
+        names[i]: {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in state["state"].items()
+    }
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
+    return {"state": per_param, "param_groups": groups}
+
+
+def load_portable_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str], portable: dict[str, Any]) -> None:
+    state = optimizer.state_dict()
+    state["state"] = {i: portable["state"][name] for i, name in enumerate(names) if name in portable["state"]}
+    for group, saved in zip(state["param_groups"], portable["param_groups"]):
+        group.update(saved)
+    optimizer.load_state_dict(state)

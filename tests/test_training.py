@@ -1,0 +1,105 @@
+"""Training: determinism, exact resume, portable checkpoints, data x layer parallelism, the train and plot verbs."""
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT, mpirun
+
+from mgrit_resnet.cli import main
+
+TINY = str(ROOT / "examples" / "tiny_train.toml")
+TIMES = ("epoch_time", "wall_time", "bytes_sent")
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
+
+
+def train(n, out, *sets, resume=False):
+    args = ["python", "-m", "mgrit_resnet", "train", TINY, "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    return mpirun(n, args + (["--resume"] if resume else []), timeout=300)
+
+
+def test_train_writes_the_interface_outputs_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", TINY, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("train_accuracy", "val_accuracy", "final_loss", "epochs", "wall_time", "ranks", "strategy", "owned_layers"):
+        assert key in summary
+    assert summary["ranks"] == 1 and summary["strategy"] == "one_shot" and summary["owned_layers"] == [[0, 13]]
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert all(r["fwd_iterations"] == 1 and r["adj_iterations"] == 1 for r in rows)
+    assert 'strategy = "one_shot"' in (out / "config.toml").read_text()
+    assert summary["val_accuracy"] > 0.6, "synthetic clusters are learnable in two epochs"
+    assert main(["plot", str(out)]) == 0
+    assert (out / "training.png").stat().st_size > 10_000
+    assert "epoch   2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--set", "train.data_parallel=3"], "train.data_parallel must divide the number of ranks (1); got 3"),
+        (["--resume"], "--resume needs --out DIR"),
+        (["--set", "data.name=mnist"], "data.name must be one of"),
+    ],
+)
+def test_train_bad_input(options, message, capsys):
+    assert main(["train", TINY, *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plot_of_a_folder_without_metrics(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [1, 2])
+def test_training_is_deterministic(tmp_path, n):
+    train(n, tmp_path / "a")
+    train(n, tmp_path / "b")
+    assert without_times(metrics(tmp_path / "a")) == without_times(metrics(tmp_path / "b"))
+
+
+@pytest.mark.mpi
+def test_resume_continues_exactly_and_checkpoints_move_between_rank_counts(tmp_path):
+    train(2, tmp_path / "full", "train.epochs=3")
+    train(2, tmp_path / "part", "train.epochs=2")
+    train(2, tmp_path / "part", "train.epochs=3", resume=True)
+    full, part = metrics(tmp_path / "full"), metrics(tmp_path / "part")
+    assert len(part) == 3
+    for a, b in zip(full, part):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6) and a["val_accuracy"] == b["val_accuracy"]
+    state_full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
+    state_part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
+    for key, value in state_full.items():
+        torch.testing.assert_close(state_part[key], value, rtol=1e-6, atol=1e-9)
+    # The P = 2 checkpoint, evaluated at P = 1 and P = 3 (nothing left to train): the same validation accuracy.
+    expected = json.loads((tmp_path / "full" / "summary.json").read_text())["val_accuracy"]
+    for n in (1, 3):
+        train(n, tmp_path / "full", "train.epochs=3", resume=True)
+        summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+        assert summary["ranks"] == n and summary["val_accuracy"] == expected
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("strategy", ["exact", "serial"])
+def test_data_times_layer_parallel_gives_the_same_gradient(tmp_path, strategy):
+    results = {}
+    for d in (1, 2):
+        path = tmp_path / f"g{d}.pt"
+        mpirun(4, ["python", "tests/mpi/training.py", str(path), str(d), strategy], timeout=120)
+        results[d] = torch.load(path, weights_only=False)
+        assert results[d]["replicated_identical"] and results[d]["same_loss"]
+    assert results[1]["loss"] == pytest.approx(results[2]["loss"], rel=1e-12)
+    for key, g in results[1]["grads"].items():
+        torch.testing.assert_close(results[2]["grads"][key], g, rtol=1e-9, atol=1e-12)
