@@ -108,6 +108,7 @@ def train(
         model.load_warm_state_dict(saved.get("warm_start"))
         metrics, start_epoch, elapsed = saved["metrics"], saved["epoch"], saved["wall_time"]
     if out is not None and groups.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, out / "config.toml")
         with open(out / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in metrics)
