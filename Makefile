@@ -32,9 +32,11 @@ $(VENV)/.petsc: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION)
 	touch $@
 
+# The main job: Peaks trained layer-parallel (one-shot MGRIT, 2 ranks) and layer-serial, side by side.
 demo: setup
-	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet solve examples/heat1d.toml
-	$(BIN)/mgrit-resnet solve examples/dahlquist.toml
+	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet train examples/peaks.toml --out runs/peaks-one-shot
+	$(BIN)/mgrit-resnet train examples/peaks.toml --set train.strategy=serial --out runs/peaks-serial
+	$(BIN)/python examples/compare_runs.py runs/peaks-serial runs/peaks-one-shot
 
 test: setup petsc
 	$(BIN)/pytest -q
