@@ -34,27 +34,28 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mgrit-resnet", description="Layer-parallel ResNets and parallel-in-time MGRIT.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    solve = verbs.add_parser("solve", help="run MGRIT on the [problem] of CONFIG with the [mgrit] options")
-    solve.add_argument("config", help="TOML config file")
-    solve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+
+    def verb(name: str, help: str, config_help: str = "TOML config file") -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help)
+        sub.add_argument("config", help=config_help)
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+        return sub
+
+    solve = verb("solve", "run MGRIT on the [problem] of CONFIG with the [mgrit] options")
     solve.add_argument("--json", metavar="FILE", help="write the result as JSON")
     solve.add_argument("--plot", metavar="FILE", help="draw the residual history (PNG, PDF or SVG by suffix)")
-    verify = verbs.add_parser("verify", help="compare the layer-parallel network with its serial twin (output and every gradient)")
-    verify.add_argument("config", help="TOML config file ([network] and [mgrit] are used)")
-    verify.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
-    verify.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
-    verify.add_argument("--batch", type=int, default=8, help="number of random input samples (default 8)")
-    verify.add_argument(
-        "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
-    )
-    train = verbs.add_parser("train", help="train the [network] on the [data] with the [train] strategy")
-    train.add_argument("config", help="TOML config file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
+    train = verb("train", "train the [network] on the [data] with the [train] strategy")
     train.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     plot = verbs.add_parser("plot", help="draw loss, accuracy and MGRIT residuals of a train --out folder")
     plot.add_argument("run_dir", metavar="DIR", help="a folder written by train --out")
     plot.add_argument("--out", metavar="FILE", help="image file (default DIR/training.png)")
+    verify = verb("verify", "compare the layer-parallel network with its serial twin", "TOML config file ([network] and [mgrit] are used)")
+    verify.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    verify.add_argument("--batch", type=int, default=8, help="number of random input samples (default 8)")
+    verify.add_argument(
+        "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
+    )
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 

@@ -212,10 +212,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     unknown = [name for name in raw if name not in SCHEMA]
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}; allowed sections: {', '.join(SCHEMA)}")
-    return Config(**{name: Section(name, _validate_section(name, raw.get(name, {}))) for name in SCHEMA})
+    return Config(**{name: Section(name, validate_section(name, raw.get(name, {}))) for name in SCHEMA})
 
 
-def _validate_section(name: str, table: Any) -> dict[str, Any]:
+def validate_section(name: str, table: Any) -> dict[str, Any]:
+    """Check one table against :data:`SCHEMA` and fill in the defaults (raises :class:`ConfigError`)."""
     if not isinstance(table, dict):
         raise ConfigError(f"[{name}] must be a table")
     schema = SCHEMA[name]

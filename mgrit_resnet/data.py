@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_int
-from .config import SCHEMA
+from .config import validate_section
 from .nn.layers import NetworkSpec
 
 NAMES = ("peaks", "digits", "mnist5k", "synthetic")
@@ -171,11 +171,7 @@ def _section_values(section: str, values: Any) -> dict[str, Any]:
     table = values.as_dict() if hasattr(values, "as_dict") else values
     if not isinstance(table, Mapping):
         raise TypeError(f"the [{section}] section must be a config Section or a mapping; got {type(values).__name__}")
-    schema = SCHEMA[section]
-    for key in table:
-        if key not in schema:
-            raise ValueError(f"unknown config key '{section}.{key}'; allowed keys in [{section}]: {', '.join(schema)}")
-    return {key: table.get(key, default) for key, (default, _) in schema.items()}
+    return validate_section(section, dict(table))
 
 
 def _require(spec: NetworkSpec, name: str, key: str, value: Any, condition: str = "") -> None:

@@ -292,7 +292,7 @@ def test_bad_input_names_the_keys(data, network, message):
 
 
 def test_wrong_types():
-    with pytest.raises(TypeError, match=re.escape("data.n_train must be an integer >= 1; got '10'")):
+    with pytest.raises(ValueError, match=re.escape("data.n_train must be an integer >= 1; got '10'")):
         load_dataset(dict(n_train="10"), {})
     with pytest.raises(TypeError, match=re.escape("the [data] section must be a config Section or a mapping; got list")):
         load_dataset(["peaks"], {})
