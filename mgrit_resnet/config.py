@@ -132,6 +132,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "lr_step": (10, _integer(1)),
         "lr_gamma": (0.1, _real(positive=True)),
         "data_parallel": (1, _integer(1)),
+        "lbfgs_iters": (10, _integer(1)),
     },
 }
 

@@ -103,3 +103,41 @@ def test_data_times_layer_parallel_gives_the_same_gradient(tmp_path, strategy):
     assert results[1]["loss"] == pytest.approx(results[2]["loss"], rel=1e-12)
     for key, g in results[1]["grads"].items():
         torch.testing.assert_close(results[2]["grads"][key], g, rtol=1e-9, atol=1e-12)
+
+
+LBFGS = [
+    "train.optimizer=lbfgs",
+    "network.depth=16",
+    "network.dtype=float64",
+    "data.n_train=300",
+    "data.n_val=100",
+    "train.epochs=3",
+    "train.lbfgs_iters=4",
+]
+
+
+@pytest.mark.petsc
+@pytest.mark.mpi
+@pytest.mark.parametrize("n, strategy", [(1, "serial"), (2, "exact")])
+def test_lbfgs_from_petsc_tao_decreases_the_peaks_objective(tmp_path, n, strategy):
+    args = ["python", "-m", "mgrit_resnet", "train", str(ROOT / "examples" / "peaks.toml"), "--out", str(tmp_path / "run")]
+    for s in [*LBFGS, f"train.strategy={strategy}"]:
+        args += ["--set", s]
+    mpirun(n, args, timeout=300)
+    losses = [r["train_loss"] for r in metrics(tmp_path / "run")]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.optimizer=lbfgs", "train.strategy=one_shot"], "train.optimizer = 'lbfgs' needs exact gradients"),
+    ],
+)
+def test_lbfgs_bad_combinations(sets, message, capsys):
+    args = ["train", TINY]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err

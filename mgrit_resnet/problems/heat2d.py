@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-try:
-    import petsc4py
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError("Heat2D needs petsc4py; install the petsc extra: pip install mgrit_resnet[petsc] (or make petsc)") from error
+from .. import _petsc
+from .._checks import check_float, check_int
+from .base import UniformGrid
 
-# Each rank uses PETSc on its own (COMM_SELF); a PETSc built without MPI refuses to start
-# under mpiexec unless told so. No effect if PETSc is already initialised or has MPI.
-petsc4py.init(["-mpiuni-allow-multiprocess-launch"])
-from petsc4py import PETSc  # noqa: E402
-
-PETSc.Options().hasName("mpiuni-allow-multiprocess-launch")  # mark it used: no warning at exit
-
-from .._checks import check_float, check_int  # noqa: E402
-from .base import UniformGrid  # noqa: E402
+PETSc = _petsc.load("Heat2D")
 
 
 class Heat2D(UniformGrid):

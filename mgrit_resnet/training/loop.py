@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ from ..data import load_dataset
 from . import checkpoint
 from .models import TrainModel
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
+from .tao import TaoLBFGS, check_available
 
 EVAL_BATCH = 500
+_SGD_PLACEHOLDER = SimpleNamespace(optimizer="sgd", lr=1.0, momentum=0.0, schedule="none")
 
 
 @dataclass
@@ -51,7 +54,11 @@ def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple[_Groups, Any,
     """Check the config against the ranks, load the data and build the model (raises ValueError on bad input)."""
     groups = _Groups(comm, cfg.train.data_parallel)
     if cfg.train.optimizer == "lbfgs":
-        raise ValueError("train.optimizer = 'lbfgs' is not available in this version; allowed values: sgd, adam")
+        if cfg.train.strategy == "one_shot":
+            raise ValueError("train.optimizer = 'lbfgs' needs exact gradients: train.strategy = 'exact' or 'serial'; got 'one_shot'")
+        if cfg.train.data_parallel > 1:
+            raise ValueError(f"train.optimizer = 'lbfgs' runs with train.data_parallel = 1; got {cfg.train.data_parallel}")
+        check_available()
     if cfg.train.data_parallel > 1 and cfg.train.batch_size < cfg.train.data_parallel:
         raise ValueError(f"train.batch_size ({cfg.train.batch_size}) must be at least train.data_parallel ({cfg.train.data_parallel})")
     dataset = load_dataset(cfg.data, cfg.network)
@@ -95,7 +102,8 @@ def train(
     train_x, val_x = dataset.train_x.to(dtype), dataset.val_x.to(dtype)
     names = [name for name, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
-    optimizer = make_optimizer(t, params)
+    tao = TaoLBFGS(model.named_parameters(), groups.layer_comm) if t.optimizer == "lbfgs" else None
+    optimizer = make_optimizer(t if tao is None else _SGD_PLACEHOLDER, params)  # lbfgs: holds no state, keeps the checkpoint format
     schedule = make_schedule(t, optimizer)
     out = None if out is None else Path(out)
     metrics: list[dict[str, Any]] = []
@@ -121,6 +129,9 @@ def train(
         epoch_start = time.perf_counter()
         order = np.random.default_rng([t.seed, epoch, 1]).permutation(len(batches))
         loss_sum, correct, seen, bytes_before = 0.0, 0, 0, groups.world.bytes_sent
+        if tao is not None:
+            loss_sum, correct, seen = _lbfgs_epoch(tao, t.lbfgs_iters, groups, model, params, train_x, dataset.train_y, batches)
+            order = []
         for step, b in enumerate(order):
             index = batches[b]
             optimizer.zero_grad(set_to_none=False)
@@ -131,7 +142,8 @@ def train(
             seen += len(index)
             if on_step is not None:
                 on_step({"epoch": epoch + 1, "step": step + 1, "steps": len(batches), "loss": loss, **model.solver_stats()})
-        schedule.step()
+        if tao is None:
+            schedule.step()
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -166,15 +178,39 @@ def train(
 
 
 def batch_gradient(
-    groups: _Groups, model: TrainModel, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, key: Any
+    groups: _Groups,
+    model: TrainModel,
+    params: list[torch.nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+    key: Any,
+    total: int | None = None,
 ) -> tuple[float, int]:
     """Loss and gradient of the batch ``index`` (accumulated into ``.grad``), each data group taking its share.
 
-    Returns the batch's mean loss and number of correct predictions, the same on every rank.
+    The loss is the mean over the batch, or the batch's part of the mean over
+    ``total`` samples. Returns it and the number of correct predictions, the same on every rank.
     """
     share = np.array_split(index.numpy(), groups.data_parallel)[groups.group]
-    loss, right = model.loss_backward(x[share], y[share], len(share) / len(index), key=key)
+    loss, right = model.loss_backward(x[share], y[share], len(share) / (total or len(index)), key=key)
     return _sum_over_data_groups(groups, params, loss, right)
+
+
+def _lbfgs_epoch(tao, iterations, groups, model, params, x, y, batches) -> tuple[float, int, int]:
+    """Up to ``iterations`` L-BFGS iterations on the mean loss over the whole training set."""
+    last = {}
+
+    def objective() -> float:
+        loss, right = 0.0, 0
+        for b, index in enumerate(batches):
+            batch_loss, batch_right = batch_gradient(groups, model, params, x, y, index, key=b, total=len(y))
+            loss, right = loss + batch_loss, right + batch_right
+        last.update(loss=loss, right=right)
+        return loss
+
+    tao.run(objective, iterations)
+    return last["loss"] * len(y), last["right"], len(y)
 
 
 def _sum_over_data_groups(groups: _Groups, params: list[torch.nn.Parameter], loss: float, right: int) -> tuple[float, int]:

@@ -1,0 +1,107 @@
+"""L-BFGS from PETSc TAO over the parameters spread across the layer-ranks.
+
+The PETSc vector of unknowns is distributed like the network: each rank's
+local part is its own residual layers' parameters, and rank 0 of the layer
+group also holds the replicated ones (opening layer and classifier), which are
+broadcast to the other ranks before every evaluation. TAO's ``lmvm`` solver
+(limited-memory BFGS with a More-Thuente line search) drives the objective and
+gradient that forward and adjoint MGRIT compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import _petsc
+from .. import comm as comm_module
+
+
+def check_available() -> Any:
+    """PETSc, when it can run L-BFGS on this job's ranks; else ImportError / ValueError saying what to do."""
+    PETSc = _petsc.load("train.optimizer = 'lbfgs'")
+    world = comm_module.world()
+    if not _petsc.has_mpi(PETSc, 1 if world is None else world.Get_size()):
+        raise ValueError(
+            "train.optimizer = 'lbfgs' on more than one rank needs PETSc built with MPI "
+            "(this petsc4py is a sequential MPI-uni build): rebuild it with `make petsc` (pip install --no-cache-dir petsc petsc4py)"
+        )
+    return PETSc
+
+
+class TaoLBFGS:
+    """Minimise a full-batch objective with TAO's L-BFGS.
+
+    Parameters
+    ----------
+    named_params
+        This rank's parameters by name (residual layers start with ``layers.``).
+    layer_comm
+        The mpi4py communicator of the layer group, or ``None`` for one rank.
+    """
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], layer_comm: Any) -> None:
+        PETSc = check_available()
+        self.backend = comm_module.backend_for(layer_comm)
+        self.replicated = [p for name, p in named_params if not name.startswith("layers.")]
+        self.owned = [p for name, p in named_params if name.startswith("layers.")]
+        self.local = self.owned + (self.replicated if self.backend.rank == 0 else [])
+        n_local = sum(p.numel() for p in self.local)
+        comm = PETSc.COMM_SELF if layer_comm is None else PETSc.Comm(layer_comm)
+        self.x = PETSc.Vec().createMPI((n_local, PETSc.DETERMINE), comm=comm)
+        self.g = self.x.duplicate()
+        self.tao = PETSc.TAO().create(comm=comm)
+        self.tao.setType("lmvm")
+        self.tao.setTolerances(gatol=0.0, grtol=0.0, gttol=0.0)
+        self.tao.setFromOptions()
+        self.evaluations = 0
+        self._closure: Callable[[], float] | None = None
+        self.tao.setObjectiveGradient(self._objective_gradient, self.g)
+
+    def run(self, closure: Callable[[], float], iterations: int) -> dict[str, Any]:
+        """Up to ``iterations`` L-BFGS iterations from the current parameters; ``closure`` fills ``.grad`` and returns the loss."""
+        self._closure = closure
+        self._to_vec(self.local, self.x, grad=False)
+        self.tao.setSolution(self.x)
+        self.tao.setMaximumIterations(iterations)
+        self.tao.solve()
+        self._from_vec(self.tao.getSolution())
+        return {
+            "objective": self.tao.getObjectiveValue(),
+            "iterations": self.tao.getIterationNumber(),
+            "reason": self.tao.getConvergedReason(),
+        }
+
+    def _objective_gradient(self, tao: Any, x: Any, g: Any) -> float:
+        self._from_vec(x)
+        for p in self.local + self.replicated:
+            p.grad = None
+        loss = self._closure()
+        self.evaluations += 1
+        self._to_vec(self.local, g, grad=True)
+        return loss
+
+    def _to_vec(self, params: list[torch.nn.Parameter], vec: Any, grad: bool) -> None:
+        array = vec.getArray()
+        offset = 0
+        for p in params:
+            value = p.grad if grad else p
+            array[offset : offset + p.numel()] = value.detach().reshape(-1).cpu().double().numpy()
+            offset += p.numel()
+
+    def _from_vec(self, vec: Any) -> None:
+        array = vec.getArray(readonly=True)
+        offset = 0
+        with torch.no_grad():
+            for p in self.local:
+                p.copy_(torch.from_numpy(array[offset : offset + p.numel()].copy()).view_as(p))
+                offset += p.numel()
+            if self.backend.size > 1:  # the replicated parameters live in rank 0's part
+                flat = torch.cat([p.detach().reshape(-1) for p in self.replicated]).cpu()
+                self.backend.bcast_buffer(flat, 0)
+                offset = 0
+                for p in self.replicated:
+                    p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
