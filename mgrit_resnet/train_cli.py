@@ -25,9 +25,11 @@ def prepare_train(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
             raise ValueError(f"--out: {str(out)!r} exists and is not a folder")
         if args.resume and not (out / "checkpoint.pt").is_file():
             raise ValueError(f"--resume: no checkpoint at {str(out / 'checkpoint.pt')!r}")
-        parent = out.resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ValueError(f"--out: the folder {str(parent)!r} does not exist or is not writable")
+        existing = out.resolve()
+        while not existing.exists():  # the folder and any missing parents are created
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ValueError(f"--out: cannot create {str(out)!r}: {str(existing)!r} is not a writable folder")
     prepared = prepare(cfg, comm)
 
     def run() -> int:

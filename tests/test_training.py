@@ -28,7 +28,7 @@ def train(n, out, *sets, resume=False):
 
 
 def test_train_writes_the_interface_outputs_and_plots(tmp_path, capsys):
-    out = tmp_path / "run"
+    out = tmp_path / "missing" / "run"  # missing parents are created
     assert main(["train", TINY, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     for key in ("train_accuracy", "val_accuracy", "final_loss", "epochs", "wall_time", "ranks", "strategy", "owned_layers"):
@@ -55,6 +55,13 @@ def test_train_writes_the_interface_outputs_and_plots(tmp_path, capsys):
 def test_train_bad_input(options, message, capsys):
     assert main(["train", TINY, *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_train_refuses_an_output_folder_it_cannot_create(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert main(["train", TINY, "--out", str(blocker / "run")]) == 2
+    assert "is not a writable folder" in capsys.readouterr().err
 
 
 def test_plot_of_a_folder_without_metrics(tmp_path, capsys):
