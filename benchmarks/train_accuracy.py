@@ -29,7 +29,7 @@ CASES = {
     "peaks64": ("examples/peaks.toml", ["network.depth=64"]),
     "peaks256": ("examples/peaks.toml", ["network.depth=256"]),
     "digits": ("examples/digits.toml", []),
-    "digits_conv": ("examples/digits.toml", ['network.kind="conv"', "network.width=8"]),
+    "digits_conv": ("examples/digits.toml", ['network.kind="conv"', "network.width=8", "network.t_final=5"]),
 }
 TARGET_POINTS = 1.0
 
