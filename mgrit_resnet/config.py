@@ -97,6 +97,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "max_iter": (50, _integer(0)),
         "initial_guess": ("zero", _choice("zero", "initial_value", "sequential_coarse")),
         "skip_first_down": (False, _boolean),
+        "relax_warm_start": (True, _boolean),
     },
     "network": {
         "kind": ("dense", _choice("dense", "conv")),

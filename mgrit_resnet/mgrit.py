@@ -99,6 +99,11 @@ class MGRIT:
     partition
         Optional fine-point block boundaries, one more than the number of
         ranks (see :class:`~mgrit_resnet.hierarchy.Hierarchy`); balanced by default.
+    relax_warm_start
+        With ``False``, a warm start passed to :meth:`solve` is taken as it is:
+        the first iteration skips its initial fine F-relaxation (the warm
+        F-points come from a previous solve's last F-relaxation anyway), which
+        saves a fine sweep per solve in one-shot use.
 
     Notes
     -----
@@ -125,6 +130,7 @@ class MGRIT:
         skip_first_down: bool = False,
         comm: Any = None,
         partition: Sequence[int] | None = None,
+        relax_warm_start: bool = True,
     ) -> None:
         self.problem = problem
         self.backend: Backend = backend_for(comm)
@@ -138,9 +144,11 @@ class MGRIT:
         self.tol_kind = check_choice("tol_kind", tol_kind, TOL_KINDS)
         self.max_iter = check_int("max_iter", max_iter, minimum=0)
         self.initial_guess = check_choice("initial_guess", initial_guess, INITIAL_GUESSES)
-        if not isinstance(skip_first_down, bool):
-            raise TypeError(f"skip_first_down must be true or false; got {skip_first_down!r}")
+        for name, value in (("skip_first_down", skip_first_down), ("relax_warm_start", relax_warm_start)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be true or false; got {value!r}")
         self.skip_first_down = skip_first_down
+        self.relax_warm_start = relax_warm_start
         self._steps = 0
 
     # ------------------------------------------------------------------ driver
@@ -178,8 +186,13 @@ class MGRIT:
             iteration, residuals, converged = 1, [0.0], True
             if callback is not None:
                 callback(1, 0.0)
+        skip_relax = initial_guess is not None and not self.relax_warm_start
         while not sequential:
-            self._f_relax(fine)
+            if skip_relax:
+                self._exchange_ghost(fine)
+                skip_relax = False
+            else:
+                self._f_relax(fine)
             phi = self._probe(fine)
             residual = self._residual_norm(fine, phi)
             if iteration == 0:
@@ -349,6 +362,18 @@ class MGRIT:
         for c in range(first_c, last_c, m):
             self._f_interval(level, c)
         if first_c == a and level.left is not None:
+            level.ghost = channel.wait_recv()
+
+    def _exchange_ghost(self, level: _Level) -> None:
+        """Only the boundary exchange of F-relaxation: receive the point before this block's first."""
+        own = level.own
+        level.ghost = None
+        if not own:
+            return
+        channel = level.channels[_RELAX_TAG]
+        channel.post_recv()
+        channel.send(level.u[own.stop - 1 - own.start])
+        if level.left is not None:
             level.ghost = channel.wait_recv()
 
     def _f_interval(self, level: _Level, c: int) -> None:

@@ -70,6 +70,10 @@ def test_warm_start_applies_to_the_same_batch_only(reports, n):
     first, second, third, other = reports[n]["warm_start"]
     assert second < 0.2 * first and third < 0.2 * second, "each call continues from the last one's states"
     assert other > 0.5 * first, "another batch starts cold"
+    as_is = reports[n]["warm_as_is"]
+    assert as_is[0] == pytest.approx(first, rel=1e-9), "the first call is cold either way"
+    assert as_is[2] < 0.2 * as_is[1] < 0.2 * 0.2 * as_is[0], "warm starts taken as they are still improve call by call"
+    assert as_is == pytest.approx(reports[1]["warm_as_is"], rel=1e-6), "the same iterates at every rank count"
 
 
 @pytest.mark.parametrize("n", RANKS)

@@ -151,3 +151,16 @@ def test_callback_sees_every_residual():
     seen = []
     result = mr.MGRIT(heat(), tol=1e-10).solve(callback=lambda k, r: seen.append((k, r)))
     assert seen == [(0, result.initial_residual), *enumerate(result.residuals, start=1)]
+
+
+def test_a_warm_start_taken_as_it_is_skips_the_initial_f_relaxation():
+    problem = mr.problems.Heat1D(nx=8, t_final=1.0, n_steps=48)
+    options = dict(levels=2, coarsening=4, relax="F", tol=0.0, max_iter=1)
+    warm = mr.MGRIT(problem, **options).solve().states
+    relaxed = mr.MGRIT(problem, **options).solve(initial_guess=warm)
+    as_is = mr.MGRIT(problem, **options, relax_warm_start=False).solve(initial_guess=warm)
+    f_points = 48 - 48 // 4
+    assert relaxed.steps_per_rank[0] - as_is.steps_per_rank[0] == f_points
+    assert as_is.residuals[0] < as_is.initial_residual, "still an MGRIT iteration"
+    cold = mr.MGRIT(problem, **options, relax_warm_start=False).solve()
+    assert cold.steps_per_rank == mr.MGRIT(problem, **options).solve().steps_per_rank, "no effect without a warm start"

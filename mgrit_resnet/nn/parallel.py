@@ -67,7 +67,7 @@ class LayerParallel(nn.Module):
         An mpi4py communicator or ``None`` for one rank.
     seed
         Initialisation seed; the same seed gives the same network as ``ODEResNet``.
-    levels, coarsening, min_coarse, relax, c_weight, cycle, tol, tol_kind, max_iter, initial_guess, skip_first_down
+    levels, coarsening, min_coarse, relax, c_weight, cycle, tol, tol_kind, max_iter, initial_guess, skip_first_down, relax_warm_start
         MGRIT options (see :class:`~mgrit_resnet.MGRIT`), used by both solves.
     fwd_iters, bwd_iters
         One-shot mode: a fixed number of forward / adjoint MGRIT iterations
@@ -99,6 +99,7 @@ class LayerParallel(nn.Module):
         max_iter: int = 50,
         initial_guess: str = "zero",
         skip_first_down: bool = False,
+        relax_warm_start: bool = True,
         fwd_iters: int | None = None,
         bwd_iters: int | None = None,
         warm_start: bool = False,
@@ -131,7 +132,7 @@ class LayerParallel(nn.Module):
 
         options = dict(
             levels=levels, coarsening=coarsening, min_coarse=min_coarse, relax=relax, c_weight=c_weight, cycle=cycle,
-            tol_kind=tol_kind, initial_guess=initial_guess, skip_first_down=skip_first_down,
+            tol_kind=tol_kind, initial_guess=initial_guess, skip_first_down=skip_first_down, relax_warm_start=relax_warm_start,
         )  # fmt: skip
         placeholder = _Placeholder(depth)
         reversed_backend = comm_module.ReversedBackend(self.backend)

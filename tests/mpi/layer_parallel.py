@@ -127,6 +127,25 @@ for key in ("a", "a", "a", "b"):
     errors.append(par.stats.grad_error)
 report["warm_start"] = errors
 
+# The same, taking the warm starts as they are (no initial F-relaxation).
+par = LayerParallel(
+    spec,
+    comm=comm,
+    seed=5,
+    levels=3,
+    coarsening=3,
+    fwd_iters=1,
+    bwd_iters=1,
+    warm_start=True,
+    relax_warm_start=False,
+    track_grad_error=True,
+)
+errors = []
+for _ in range(3):
+    torch.nn.functional.cross_entropy(par(x, key="a"), y).backward()
+    errors.append(par.stats.grad_error)
+report["warm_as_is"] = errors
+
 # Bad input: an error on every rank, naming the problem.
 messages = {}
 par = LayerParallel(dense(depth=13), comm=comm)
