@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, mpirun
@@ -65,3 +67,15 @@ def test_serial_overhead_runs(tmp_path, capsys):
     assert all(r["mgrit_resnet_s"] > 0 and r["plain_s"] > 0 and r["ratio"] > 0 for r in rows)
     assert json.loads(out.read_text()) == rows
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.mpi
+def test_layer_parallel_benchmark_runs_at_one_and_two_ranks(tmp_path):
+    out = tmp_path / "lp.json"
+    args = ["--ranks", "1,2", "--depth", "8", "--width", "2", "--image-size", "6", "--batch", "4", "--batches", "2"]
+    args += ["--steps", "1", "--warmup", "1", "--exact-steps", "1", "--iters", "1/1", "--json", str(out)]
+    script = str(ROOT / "benchmarks" / "layer_parallel.py")
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert "2-rank speedup" in proc.stdout and set(figures) >= {"runs", "targets", "best_speedup"}
