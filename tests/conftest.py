@@ -19,3 +19,15 @@ def mpirun(n: int, args: list[str], timeout: float = 240.0, check: bool = True) 
     if check and proc.returncode != 0:
         raise AssertionError(f"mpiexec -n {n} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def reports_per_rank_count(tmp_path_factory, script: str, ranks: list[int]) -> dict[int, dict]:
+    """Run ``python SCRIPT OUT.json`` under ``mpiexec -n P`` for every P in ``ranks``; the JSON reports by P."""
+    import json
+
+    out = {}
+    for n in ranks:
+        path = tmp_path_factory.mktemp("mpi") / f"report_{n}.json"
+        mpirun(n, ["python", script, str(path)])
+        out[n] = json.loads(path.read_text())
+    return out

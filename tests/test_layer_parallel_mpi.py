@@ -4,10 +4,8 @@ One launch per rank count runs ``tests/mpi/layer_parallel.py``; depths 13 and
 37 do not divide evenly over 2, 3 or 4 ranks.
 """
 
-import json
-
 import pytest
-from conftest import mpirun
+from conftest import reports_per_rank_count
 
 pytestmark = pytest.mark.mpi
 RANKS = [1, 2, 3, 4]
@@ -25,12 +23,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    out = {}
-    for n in RANKS:
-        path = tmp_path_factory.mktemp("lp") / f"lp_{n}.json"
-        mpirun(n, ["python", "tests/mpi/layer_parallel.py", str(path)])
-        out[n] = json.loads(path.read_text())
-    return out
+    return reports_per_rank_count(tmp_path_factory, "tests/mpi/layer_parallel.py", RANKS)
 
 
 @pytest.mark.parametrize("n", RANKS)

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import mpirun
+from conftest import mpirun, reports_per_rank_count
 from mpi_cases import CASES, EXACT, run_case
 
 pytestmark = pytest.mark.mpi
@@ -17,12 +17,7 @@ RANKS = [1, 2, 3, 4]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    out = {}
-    for n in RANKS:
-        path = tmp_path_factory.mktemp("mpi") / f"cases_{n}.json"
-        mpirun(n, ["python", "tests/mpi/run_cases.py", str(path)])
-        out[n] = json.loads(path.read_text())
-    return out
+    return reports_per_rank_count(tmp_path_factory, "tests/mpi/run_cases.py", RANKS)
 
 
 @pytest.fixture(scope="module")
