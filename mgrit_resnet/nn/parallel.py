@@ -155,6 +155,9 @@ class LayerParallel(nn.Module):
                 f"(a coarse level needs at least mgrit.min_coarse={min_coarse} points): use a smaller coarsening or levels = 1"
             )
         self._foreign = self._plan_foreign_layers(hierarchy)
+        # One level is layer-serial and kept bitwise equal to autograd; multilevel solves agree to the
+        # solver tolerance anyway and take the faster adjoint kernels.
+        self._ops = spec.ops if hierarchy.n_levels == 1 else spec.fast_ops()
 
         device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
         self.device = device
@@ -392,7 +395,7 @@ class _LayerParallelFunction(torch.autograd.Function):
     def forward(ctx, x0, par, warm, *params):
         weights, weight_bytes = par._weights()
         spec = par.spec
-        problem = ForwardProblem(x0.detach(), weights, spec.h, spec.depth, spec.ops, spec.act)
+        problem = ForwardProblem(x0.detach(), weights, spec.h, spec.depth, par._ops, spec.act)
         solver = par._forward_solver
         solver.problem = problem
         result = solver.solve(initial_guess=None if warm is None else warm.forward)
