@@ -188,11 +188,8 @@ class MGRIT:
                 callback(1, 0.0)
         skip_relax = initial_guess is not None and not self.relax_warm_start
         while not sequential:
-            if skip_relax:
-                self._exchange_ghost(fine)
-                skip_relax = False
-            else:
-                self._f_relax(fine)
+            self._f_relax(fine, sweep=not skip_relax)
+            skip_relax = False
             phi = self._probe(fine)
             residual = self._residual_norm(fine, phi)
             if iteration == 0:
@@ -343,7 +340,8 @@ class MGRIT:
             phi = self._probe(level)
         return phi
 
-    def _f_relax(self, level: _Level) -> None:
+    def _f_relax(self, level: _Level, sweep: bool = True) -> None:
+        """F-relaxation; with ``sweep=False`` only its boundary exchange (a warm start taken as it is)."""
         own, m, u = level.own, level.m, level.u
         if not own:
             return
@@ -355,25 +353,15 @@ class MGRIT:
         level.ghost = None
         if first_c != a:
             # This block starts inside an F-interval: continue the left neighbour's sweep.
-            self._sweep(level, channel.wait_recv(), a, min(first_c, b))
-        if last_c >= a:
+            received = channel.wait_recv()
+            if sweep:
+                self._sweep(level, received, a, min(first_c, b))
+        if sweep and last_c >= a:
             self._f_interval(level, last_c)  # the trailing interval first, so the send goes out early
         channel.send(u[b - 1 - a])
-        for c in range(first_c, last_c, m):
+        for c in range(first_c, last_c, m) if sweep else ():
             self._f_interval(level, c)
         if first_c == a and level.left is not None:
-            level.ghost = channel.wait_recv()
-
-    def _exchange_ghost(self, level: _Level) -> None:
-        """Only the boundary exchange of F-relaxation: receive the point before this block's first."""
-        own = level.own
-        level.ghost = None
-        if not own:
-            return
-        channel = level.channels[_RELAX_TAG]
-        channel.post_recv()
-        channel.send(level.u[own.stop - 1 - own.start])
-        if level.left is not None:
             level.ghost = channel.wait_recv()
 
     def _f_interval(self, level: _Level, c: int) -> None:

@@ -43,9 +43,6 @@ class CallStats:
     weight_bytes: int = 0
     grad_error: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"forward": self.forward, "adjoint": self.adjoint, "weight_bytes": self.weight_bytes, "grad_error": self.grad_error}
-
 
 class LayerParallel(nn.Module):
     """A residual network whose layers are split over ranks and propagated with MGRIT.
@@ -232,12 +229,8 @@ class LayerParallel(nn.Module):
         x = x.to(device=self.device, dtype=self.spec.torch_dtype)
         x0 = open_state(self.spec, self.opening, x)
         weights = {n: (self.layers[str(n)].weight, self.layers[str(n)].bias) for n in self.owned_layers}
-        problem = ForwardProblem(x0, weights, self.spec.h, self.spec.depth, self.spec.ops, self.spec.act)
-        self._serial_forward.problem = problem
-        result = self._serial_forward.solve()
-        last = self.backend.size - 1
-        final = _broadcast(self.backend, result.states[-1] if self.backend.rank == last else None, x0, last)
-        return classify(self.spec, self.classifier, final)
+        _, result = _forward(self, self._serial_forward, x0, weights, self.spec.ops)
+        return classify(self.spec, self.classifier, _final_state(self, result, x0))
 
     def _check_collectively(self, problem: str | None) -> None:
         problems = self.backend.allgather(problem)
@@ -394,15 +387,10 @@ class _LayerParallelFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, par, warm, *params):
         weights, weight_bytes = par._weights()
-        spec = par.spec
-        problem = ForwardProblem(x0.detach(), weights, spec.h, spec.depth, par._ops, spec.act)
-        solver = par._forward_solver
-        solver.problem = problem
-        result = solver.solve(initial_guess=None if warm is None else warm.forward)
+        problem, result = _forward(par, par._forward_solver, x0.detach(), weights, par._ops, None if warm is None else warm.forward)
         if warm is not None:
             warm.forward = result.states
-        last = par.backend.size - 1
-        final = _broadcast(par.backend, result.states[-1] if par.backend.rank == last else None, x0, last)
+        final = _final_state(par, result, x0)
         par.stats = CallStats(forward=_summary(result), weight_bytes=weight_bytes)
         ctx.par, ctx.problem, ctx.warm = par, problem, warm
         return final
@@ -419,6 +407,18 @@ class _LayerParallelFunction(torch.autograd.Function):
         return (lam0, None, None, *grads)
 
 
+def _forward(par: LayerParallel, solver: MGRIT, x0: torch.Tensor, weights: dict, ops: Any, warm: list | None = None):
+    problem = ForwardProblem(x0, weights, par.spec.h, par.spec.depth, ops, par.spec.act)
+    solver.problem = problem
+    return problem, solver.solve(initial_guess=warm)
+
+
+def _final_state(par: LayerParallel, result: Any, template: torch.Tensor) -> torch.Tensor:
+    """``x_N``, owned by the last rank, on every rank."""
+    last = par.backend.size - 1
+    return _broadcast(par.backend, result.states[-1] if par.backend.rank == last else None, template, last)
+
+
 def _adjoint(par: LayerParallel, solver: MGRIT, problem: ForwardProblem, grad_final: torch.Tensor, warm: list | None):
     adjoint = AdjointProblem(grad_final.detach().contiguous(), problem)
     solver.problem = adjoint
@@ -430,9 +430,7 @@ def _adjoint(par: LayerParallel, solver: MGRIT, problem: ForwardProblem, grad_fi
 
 def _grad_error(par: LayerParallel, problem: ForwardProblem, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> float:
     """Relative 2-norm error of the MGRIT vector-Jacobian product against the layer-serial one."""
-    exact_problem = ForwardProblem(problem.x0, problem.weights, problem.h, problem.n_steps, problem.ops, problem.act)
-    par._serial_forward.problem = exact_problem
-    par._serial_forward.solve()
+    exact_problem, _ = _forward(par, par._serial_forward, problem.x0, problem.weights, problem.ops)
     exact_lam0, exact_grads, _ = _adjoint(par, par._serial_adjoint, exact_problem, grad_final, None)
     diff = sum(float((g - e).double().pow(2).sum()) for g, e in zip(grads, exact_grads))
     norm = sum(float(e.double().pow(2).sum()) for e in exact_grads)

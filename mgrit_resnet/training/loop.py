@@ -131,18 +131,17 @@ def train(
         loss_sum, correct, seen, bytes_before = 0.0, 0, 0, groups.world.bytes_sent
         if tao is not None:
             loss_sum, correct, seen = _lbfgs_epoch(tao, t.lbfgs_iters, groups, model, params, train_x, dataset.train_y, batches)
-            order = []
-        for step, b in enumerate(order):
-            index = batches[b]
-            optimizer.zero_grad(set_to_none=False)
-            loss, right = batch_gradient(groups, model, params, train_x, dataset.train_y, index, key=int(b))
-            optimizer.step()
-            loss_sum += loss * len(index)
-            correct += right
-            seen += len(index)
-            if on_step is not None:
-                on_step({"epoch": epoch + 1, "step": step + 1, "steps": len(batches), "loss": loss, **model.solver_stats()})
-        if tao is None:
+        else:
+            for step, b in enumerate(order):
+                index = batches[b]
+                optimizer.zero_grad(set_to_none=False)
+                loss, right = batch_gradient(groups, model, params, train_x, dataset.train_y, index, key=int(b))
+                optimizer.step()
+                loss_sum += loss * len(index)
+                correct += right
+                seen += len(index)
+                if on_step is not None:
+                    on_step({"epoch": epoch + 1, "step": step + 1, "steps": len(batches), "loss": loss, **model.solver_stats()})
             schedule.step()
         row = {
             "epoch": epoch + 1,

@@ -56,7 +56,6 @@ class TaoLBFGS:
         self.tao.setType("lmvm")
         self.tao.setTolerances(gatol=0.0, grtol=0.0, gttol=0.0)
         self.tao.setFromOptions()
-        self.evaluations = 0
         self._closure: Callable[[], float] | None = None
         self.tao.setObjectiveGradient(self._objective_gradient, self.g)
 
@@ -79,7 +78,6 @@ class TaoLBFGS:
         for p in self.local + self.replicated:
             p.grad = None
         loss = self._closure()
-        self.evaluations += 1
         self._to_vec(self.local, g, grad=True)
         return loss
 
