@@ -161,10 +161,14 @@ class ReversedBackend:
 
 
 def backend_for(comm: Any | None) -> Backend:
-    """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``)."""
+    """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``).
+
+    Anything with the backend's ``isend`` and ``allreduce_sum`` is taken as a
+    backend as it is (e.g. a :class:`~mgrit_resnet.vclock.ClockedBackend`).
+    """
     if comm is None:
         return SerialBackend()
-    if isinstance(comm, (SerialBackend, MPIBackend, ReversedBackend)):
+    if hasattr(comm, "isend") and hasattr(comm, "allreduce_sum"):
         return comm
     if comm.Get_size() == 1:
         return SerialBackend()
@@ -187,7 +191,7 @@ def split(comm: Any | None, color: int, key: int) -> Any | None:
 
 def local_rank(backend: Backend) -> int:
     """This rank's index among the ranks on the same node (0 for one rank)."""
-    if isinstance(backend, ReversedBackend):
+    while not isinstance(backend, MPIBackend) and hasattr(backend, "inner"):
         backend = backend.inner
     if not isinstance(backend, MPIBackend):
         return 0

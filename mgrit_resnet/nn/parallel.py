@@ -17,7 +17,43 @@ from ..mgrit import MGRIT
 from .layers import NetworkSpec, ResidualLayer, classify, make_classifier, make_opening, open_state, resolve_device
 from .propagators import AdjointProblem, ForwardProblem
 
-_WEIGHT_TAG = 999  # one tag for all weight messages: MPI keeps their order per sender
+WEIGHT_TAG = 999  # one tag for all weight messages: MPI keeps their order per sender
+
+
+def layer_partition(depth: int, size: int) -> tuple[list[int], list[int], list[int]]:
+    """Block bounds of the forward grid, the adjoint grid and the layers over ``size`` ranks.
+
+    Point n of the forward grid is x_n; rank p owns points ``[a_p, a_{p+1})``
+    and the layers that step into them, ``[a_p - 1, a_{p+1} - 1)``. The adjoint
+    grid runs backwards (point t is lambda_{N-t}) over the ranks in reverse
+    order, split so that every adjoint step uses a layer (and stored state) of
+    the same rank.
+    """
+    points = depth + 1
+    fwd = [p * points // size for p in range(size + 1)]
+    layers = [0] + [a - 1 for a in fwd[1:]]
+    adj = [0] + [depth + 2 - fwd[size - q] for q in range(1, size)] + [points]
+    return fwd, adj, layers
+
+
+def foreign_layers(hierarchy: Any, layer_bounds: list[int]) -> list[list[int]]:
+    """For every rank, the layers of other ranks its coarse forward steps use.
+
+    The coarse step into point ``c`` of a level with stride ``s`` is layer
+    ``c - s``; only a rank's first coarse point on a level can reach back
+    past its own layers.
+    """
+    needs = []
+    for rank in range(len(layer_bounds) - 1):
+        block, lo = hierarchy.fine_block(rank), layer_bounds[rank]
+        wanted = set()
+        for level in range(1, hierarchy.n_levels):
+            s = hierarchy.stride(level)
+            first = -(-block.start // s) * s
+            if first < block.stop and first >= s and first - s < lo:
+                wanted.add(first - s)
+        needs.append(sorted(wanted))
+    return needs
 
 
 @dataclass
@@ -117,14 +153,7 @@ class LayerParallel(nn.Module):
         self.fwd_iters, self.bwd_iters = fwd_iters, bwd_iters
         self.warm_start, self.track_grad_error = warm_start, track_grad_error
 
-        # Point n of the forward grid is x_n; rank p owns points [a_p, a_{p+1}) and
-        # the layers that step into them, [a_p - 1, a_{p+1} - 1). The adjoint grid runs
-        # backwards (point t is lambda_{N-t}) over the ranks in reverse order, split so
-        # that every adjoint step uses a layer (and stored state) of the same rank.
-        points = depth + 1
-        fwd = [p * points // size for p in range(size + 1)]
-        self._layer_bounds = [0] + [a - 1 for a in fwd[1:]]
-        adj = [0] + [depth + 2 - fwd[size - q] for q in range(1, size)] + [points]
+        fwd, adj, self._layer_bounds = layer_partition(depth, size)
         self.owned_layers = range(self._layer_bounds[rank], self._layer_bounds[rank + 1])
 
         options = dict(
@@ -151,7 +180,7 @@ class LayerParallel(nn.Module):
                 f"mgrit.coarsening={coarsening!r} leaves no coarse grid for network.depth={depth} "
                 f"(a coarse level needs at least mgrit.min_coarse={min_coarse} points): use a smaller coarsening or levels = 1"
             )
-        self._foreign = self._plan_foreign_layers(hierarchy)
+        self._foreign = foreign_layers(hierarchy, self._layer_bounds)
         # One level is layer-serial and kept bitwise equal to autograd; multilevel solves agree to the
         # solver tolerance anyway and take the faster adjoint kernels.
         self._ops = spec.ops if hierarchy.n_levels == 1 else spec.fast_ops()
@@ -175,25 +204,6 @@ class LayerParallel(nn.Module):
         """The rank that holds residual layer ``layer``."""
         check_int("layer", layer, minimum=0, maximum=self.spec.depth - 1)
         return next(p for p in range(self.backend.size) if self._layer_bounds[p] <= layer < self._layer_bounds[p + 1])
-
-    def _plan_foreign_layers(self, hierarchy: Any) -> list[list[int]]:
-        """For every rank, the layers of other ranks its coarse steps use.
-
-        The coarse step into point ``c`` of a level with stride ``s`` is layer
-        ``c - s``; only a rank's first coarse point on a level can reach back
-        past its own layers.
-        """
-        needs = []
-        for rank in range(self.backend.size):
-            block, lo = hierarchy.fine_block(rank), self._layer_bounds[rank]
-            wanted = set()
-            for level in range(1, hierarchy.n_levels):
-                s = hierarchy.stride(level)
-                first = -(-block.start // s) * s
-                if first < block.stop and first >= s and first - s < lo:
-                    wanted.add(first - s)
-            needs.append(sorted(wanted))
-        return needs
 
     def _owned_parameters(self) -> list[nn.Parameter]:
         return [p for n in self.owned_layers for p in (self.layers[str(n)].weight, self.layers[str(n)].bias)]
@@ -261,12 +271,12 @@ class LayerParallel(nn.Module):
             for n in layers:
                 if rank != me and n in self.owned_layers:
                     flat = torch.cat([t.reshape(-1) for t in weights[n]]).cpu()
-                    requests.append((backend.isend(flat, rank, _WEIGHT_TAG), flat))
+                    requests.append((backend.isend(flat, rank, WEIGHT_TAG), flat))
         w_shape = self.layers[str(self.owned_layers.start)].weight.shape
         w_size = math.prod(w_shape)
         for n in self._foreign[me]:
             buffer = torch.empty(w_size + self.spec.width, dtype=self.spec.torch_dtype)
-            incoming.append((n, buffer, backend.irecv(buffer, self.layer_owner(n), _WEIGHT_TAG)))
+            incoming.append((n, buffer, backend.irecv(buffer, self.layer_owner(n), WEIGHT_TAG)))
         for n, buffer, request in incoming:
             request.Wait()
             buffer = buffer.to(self.device)
