@@ -115,13 +115,11 @@ def normalised(key: str, value: Any) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: its validated config and the cells of its grid values."""
+    """One grid point: its validated config, the cells of its grid values, and ``KEY=VALUE ...`` for messages."""
 
     config: Config
     cells: tuple[str, ...]
-
-    def label(self, keys: list[str]) -> str:
-        return " ".join(f"{k}={c}" for k, c in zip(keys, self.cells))
+    label: str
 
 
 def grid_points(config: str | Path, overrides: dict[str, Any], grid: dict[str, list[Any]], verb: str) -> list[Point]:
@@ -134,10 +132,11 @@ def grid_points(config: str | Path, overrides: dict[str, Any], grid: dict[str, l
     for values in itertools.product(*grid.values()):
         cfg = load_config(config, {**overrides, **dict(zip(grid, values))})
         cells = tuple(cell(getattr(getattr(cfg, key.partition(".")[0]), key.partition(".")[2])) for key in grid)
+        label = " ".join(f"{key}={text}" for key, text in zip(grid, cells))
         if cells in seen:
-            raise ConfigError(f"--grid lists a value twice: the point {Point(cfg, cells).label(list(grid))} comes up again")
+            raise ConfigError(f"--grid lists a value twice: the point {label} comes up again")
         seen.add(cells)
-        points.append(Point(cfg, cells))
+        points.append(Point(cfg, cells, label))
     return points
 
 
@@ -253,31 +252,18 @@ def prepare_sweep(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
     overrides = parse_overrides(args.set)
     grid = parse_grid(args.grid, overrides)
     points = grid_points(args.config, overrides, grid, verb)
-    if verb == "train":
-        from .training.loop import prepare
-    for point in points:  # the checks a run does first, for every point before any runs
+    if verb == "solve":
+        check = build_solver
+    else:
+        from .training.loop import prepare as check
+    for point in points:  # the checks a run makes first, for every point before any runs
         try:
-            if verb == "solve":
-                build_solver(point.config, comm)
-            else:
-                prepare(point.config, comm)
+            check(point.config, comm)
         except (ValueError, TypeError, ImportError) as error:
-            raise ConfigError(f"grid point {point.label(list(grid))}: {error}") from None
+            raise ConfigError(f"grid point {point.label}: {error}") from None
     header = [*grid, *RESULT_COLUMNS[verb]]
-
-    # Rank 0 reads the CSV; every rank learns which points to skip, or that it cannot be resumed.
-    flags = np.zeros(len(points) + 1, dtype=np.int64)
-    keep, problem = 0, None
-    if rank == 0:
-        try:
-            done, keep = done_points(out, header, list(grid))
-            flags[1:] = [point.cells in done for point in points]
-        except ConfigError as error:
-            flags[0], problem = 1, error
-    comm_module.backend_for(comm).bcast_buffer(flags, root=0)
-    if flags[0]:
-        raise problem or ConfigError(f"--out {args.out!r} cannot be resumed (rank 0 says why)")
-    todo = [point for point, skip in zip(points, flags[1:]) if not skip]
+    skip, keep = _points_done(out, header, list(grid), points, comm, rank)
+    todo = [point for point, done in zip(points, skip) if not done]
     run_point = _solve_point if verb == "solve" else _train_point
 
     def run() -> int:
@@ -295,7 +281,7 @@ def prepare_sweep(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
                     csv.writer(table, lineterminator="\n").writerow([*point.cells, *(cell(row[c]) for c in RESULT_COLUMNS[verb])])
                     table.flush()
                     os.fsync(table.fileno())
-                    line = f"[{i}/{len(todo)}] {point.label(list(grid))}: {_point_text(verb, row)}"
+                    line = f"[{i}/{len(todo)}] {point.label}: {_point_text(verb, row)}"
                     (print if bar.disable else bar.write)(line)
                     sys.stdout.flush()
         finally:
@@ -307,6 +293,25 @@ def prepare_sweep(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
         return 0
 
     return run
+
+
+def _points_done(out: Path, header: list[str], keys: list[str], points: list[Point], comm: Any, rank: int) -> tuple[list[bool], int]:
+    """Collective: which points have a row in ``out`` (read on rank 0, the same answer on every rank), and the bytes to keep.
+
+    Raises ConfigError on every rank when ``out`` cannot be resumed (rank 0's message names why).
+    """
+    flags = np.zeros(len(points) + 1, dtype=np.int64)  # [failed, done per point]
+    keep, problem = 0, None
+    if rank == 0:
+        try:
+            done, keep = done_points(out, header, keys)
+            flags[1:] = [point.cells in done for point in points]
+        except ConfigError as error:
+            flags[0], problem = 1, error
+    comm_module.backend_for(comm).bcast_buffer(flags, root=0)
+    if flags[0]:
+        raise problem or ConfigError(f"--out {str(out)!r} cannot be resumed (rank 0 says why)")
+    return [bool(f) for f in flags[1:]], keep
 
 
 def _open_table(path: Path, keep: int, header: list[str]) -> io.TextIOWrapper:
