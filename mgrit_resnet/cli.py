@@ -1,4 +1,4 @@
-"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``plot``, ``verify`` and ``info``.
+"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``sweep``, ``plot``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -47,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb("train", "train the [network] on the [data] with the [train] strategy")
     train.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    plot = verbs.add_parser("plot", help="draw loss, accuracy and MGRIT residuals of a train --out folder")
-    plot.add_argument("run_dir", metavar="DIR", help="a folder written by train --out")
-    plot.add_argument("--out", metavar="FILE", help="image file (default DIR/training.png)")
+    sweep = verb("sweep", "run solve (or train) at every point of a grid of config keys; one CSV row per point")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a dotted key and its values; repeat for more keys"
+    )
+    sweep.add_argument("--out", metavar="FILE.csv", required=True, help="the CSV table; rows already in it are not run again")
+    sweep.add_argument("--verb", dest="sweep_verb", choices=("solve", "train"), default="solve", help="what to run per point")
+    plot = verbs.add_parser("plot", help="draw a train --out folder (loss, accuracy, residuals) or a sweep CSV (factor or accuracy)")
+    plot.add_argument("run_dir", metavar="DIR|FILE.csv", help="a folder written by train --out, or a CSV file written by sweep")
+    plot.add_argument("--out", metavar="FILE", help="image file (default DIR/training.png, or FILE.png beside the CSV)")
     verify = verb("verify", "compare the layer-parallel network with its serial twin", "TOML config file ([network] and [mgrit] are used)")
     verify.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     verify.add_argument("--batch", type=int, default=8, help="number of random input samples (default 8)")
@@ -74,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .train_cli import prepare_train
 
             job = prepare_train(args, comm, rank)
+        elif args.verb == "sweep":
+            from .sweep import prepare_sweep
+
+            _check_output_path("--out", args.out)
+            job = prepare_sweep(args, comm, rank)
         elif args.verb == "plot":
             job = _prepare_plot(args, rank)
         elif args.verb == "verify":
@@ -94,13 +106,13 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
     for option in ("json", "plot"):
         _check_output_path(f"--{option}", getattr(args, option))
     cfg = load_config(args.config, parse_overrides(args.set))
-    solver = MGRIT(problems.from_config(cfg.problem), comm=comm, **cfg.mgrit.as_dict())
+    solver = build_solver(cfg, comm)
 
     def run() -> int:
         with _progress(rank, solver.max_iter) as callback:
             result = solver.solve(callback=callback)
         if rank == 0:
-            predicted = _predicted_factor(cfg, solver)
+            predicted = theory.solver_prediction(solver)
             print(_report(cfg, solver, result, predicted))
             if args.json:
                 Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -110,6 +122,11 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
         return 0
 
     return run
+
+
+def build_solver(cfg: Any, comm: Any) -> MGRIT:
+    """The :class:`~mgrit_resnet.MGRIT` solver of a config's ``[problem]`` and ``[mgrit]`` tables (checks them)."""
+    return MGRIT(problems.from_config(cfg.problem), comm=comm, **cfg.mgrit.as_dict())
 
 
 @contextlib.contextmanager
@@ -130,16 +147,25 @@ def _progress(rank: int, total: int) -> Iterator[Callable[[int, float], None]]:
 
 
 def _prepare_plot(args: argparse.Namespace, rank: int) -> Callable[[], int]:
-    from .plot import plot_training
+    from .plot import plot_sweep, plot_training
 
-    target = args.out or str(Path(args.run_dir) / "training.png")
-    _check_output_path("--out", target)
-    if not (Path(args.run_dir) / "metrics.jsonl").is_file():
-        raise ValueError(f"plot: {args.run_dir!r} has no metrics.jsonl (is it a train --out folder?)")
+    source = Path(args.run_dir)
+    if source.suffix == ".csv":
+        from .sweep import read_table
+
+        target = args.out or str(source.with_suffix(".png"))
+        _check_output_path("--out", target)
+        draw = functools.partial(plot_sweep, read_table(source), target)
+    else:
+        target = args.out or str(source / "training.png")
+        _check_output_path("--out", target)
+        if not (source / "metrics.jsonl").is_file():
+            raise ValueError(f"plot: {args.run_dir!r} has no metrics.jsonl (is it a train --out folder, or a sweep .csv file?)")
+        draw = functools.partial(plot_training, source, target)
 
     def run() -> int:
         if rank == 0:
-            print(f"wrote {plot_training(args.run_dir, target)}")
+            print(f"wrote {draw()}")
         return 0
 
     return run
@@ -154,15 +180,6 @@ def _check_output_path(option: str, path: str | None) -> None:
         raise ValueError(f"{option}: the folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{option}: the folder {str(folder)!r} is not writable")
-
-
-def _predicted_factor(cfg: Any, solver: MGRIT) -> float | None:
-    """Two-level theory for scalar two-level runs, else ``None``."""
-    h = solver.hierarchy
-    if h.n_levels != 2:
-        return None
-    relax = cfg.mgrit.relax if isinstance(cfg.mgrit.relax, str) else cfg.mgrit.relax[0]
-    return theory.predicted_factor(solver.problem, h.n_points, h.factors[0], relax)
 
 
 def _mgrit_text(cfg: Any, solver: MGRIT, result: Any) -> str:

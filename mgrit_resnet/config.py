@@ -7,6 +7,7 @@ An unknown section or key, or a value of the wrong kind, is a
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,6 +173,19 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML (the inverse of :func:`parse_value` for config values)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, complex):
+        return json.dumps(str(value).strip("()"))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from .result import SolveResult
 
@@ -100,3 +102,76 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sweep(table: Any, path: str | Path) -> Path:
+    """One panel per grid key of a ``sweep`` table: the measured quantity against that key.
+
+    Solve sweeps show the mean convergence factor (the two-level theory bound
+    dashed, in the same colour, where defined); train sweeps show the
+    validation accuracy (the training accuracy dotted). Each line holds the
+    other grid keys fixed; its label gives their values.
+
+    Parameters
+    ----------
+    table
+        A :class:`~mgrit_resnet.sweep.Table` (``mgrit_resnet.sweep.read_table``).
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not table.rows:
+        raise ValueError("plot: the sweep table has no rows yet")
+    if table.verb == "solve":
+        curves = (("mean_factor", "o-"), ("theory_bound", "--"))
+        ylabel, title = "mean convergence factor", "factor (dashed: two-level theory)"
+    else:
+        curves = (("val_accuracy", "o-"), ("train_accuracy", "s:"))
+        ylabel, title = "accuracy", "validation accuracy (dotted: training)"
+    keys = table.grid_keys
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        positions, ticks = _axis_positions([row[key] for row in table.rows])
+        others = [k for k in keys if k != key]
+        groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+        for row in table.rows:
+            groups.setdefault(tuple(row[k] for k in others), []).append(row)
+        for group, rows in groups.items():
+            rows = sorted(rows, key=lambda r: positions[r[key]])
+            label = ", ".join(f"{k.partition('.')[2]}={v}" for k, v in zip(others, group))
+            color = None
+            for column, style in curves:
+                y = [float(r[column]) if r[column] else float("nan") for r in rows]
+                if all(math.isnan(v) for v in y):
+                    continue
+                named = color is None and label
+                (line,) = ax.plot([positions[r[key]] for r in rows], y, style, color=color, label=label if named else None)
+                color = line.get_color()
+        if ticks:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=20 if max(len(t) for t in ticks) > 6 else 0)
+        values = [v for line in ax.get_lines() for v in line.get_ydata() if not math.isnan(v)]
+        if table.verb == "solve" and values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+        ax.set(xlabel=key, ylabel=ylabel)
+        ax.set_title(f"{title} vs {key}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _axis_positions(cells: list[str]) -> tuple[dict[str, float], list[str]]:
+    """x positions of a key's values: the numbers themselves, or (for text and lists) 0, 1, ... in order of appearance."""
+    distinct = list(dict.fromkeys(cells))
+    try:
+        return {c: float(c) for c in distinct}, []
+    except ValueError:
+        return {c: float(i) for i, c in enumerate(distinct)}, distinct

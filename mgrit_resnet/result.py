@@ -60,6 +60,22 @@ class SolveResult:
         previous = [self.initial_residual] + self.residuals[:-1]
         return [_ratio(r, p) for r, p in zip(self.residuals, previous)]
 
+    @property
+    def mean_factor(self) -> float:
+        """Geometric mean of the convergence factors over the iterations with a nonzero residual.
+
+        With ``r_0`` the initial residual (or the first one, when the first
+        down-cycle was skipped) and ``r_j`` the last residual of the unbroken
+        run of nonzero residuals from ``r_0`` on, this is ``(r_j / r_0)^(1/j)``:
+        the product of the factors of those ``j`` iterations, to the power ``1/j``.
+        ``nan`` when no such iteration exists (``j = 0``, or ``r_0 = 0``).
+        """
+        history = ([] if self.initial_residual is None else [self.initial_residual]) + list(self.residuals)
+        nonzero = next((i for i, r in enumerate(history) if not r > 0), len(history))
+        if nonzero < 2:
+            return math.nan
+        return (history[nonzero - 1] / history[0]) ** (1.0 / (nonzero - 1))
+
     def to_json(self) -> dict:
         """The ``solve --json`` document (``nan`` written as ``null``)."""
         return {

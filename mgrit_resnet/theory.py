@@ -88,3 +88,15 @@ def predicted_factor(problem: Any, n_points: int, m: int, relax: str, kind: str 
     lam = amplification(problem.dt)
     mu = amplification(m * problem.dt)
     return two_level_bound(lam, mu, m, (n_points - 1) // m, relax, kind)
+
+
+def solver_prediction(solver: Any, kind: str = "tight") -> float | None:
+    """Two-level factor for an :class:`~mgrit_resnet.MGRIT` solver, where the theory applies.
+
+    Defined for a hierarchy of exactly two levels on a problem with a scalar
+    propagator; ``None`` otherwise. The relaxation is that of the fine level.
+    """
+    h = solver.hierarchy
+    if h.n_levels != 2:
+        return None
+    return predicted_factor(solver.problem, h.n_points, h.factors[0], "F" + "CF" * solver.relax[0], kind)
