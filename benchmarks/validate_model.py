@@ -108,7 +108,9 @@ def _train_run(backend: Any) -> Any:
 
     cfg = config("one_shot")
     t = cfg.train
-    par = LayerParallel.from_config(cfg.network, cfg.mgrit, comm=backend, seed=0, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=True)
+    par = LayerParallel.from_config(
+        cfg.network, cfg.mgrit, comm=backend, seed=0, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=True
+    )
     optimizer = make_optimizer(t, list(par.parameters()))
     x, y = perfmodel.training_batch(cfg)
     return lambda: perfmodel.training_step(par, optimizer, x, y)
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         measured = {p: launch(p, "--worker", "wall", *common)["time"] for p in measured_ranks}
         clocked = {p: launch(p, "--worker", "clock", *common)["time"] for p in ranks}
         print(f"\n{case}: {calibration.what}; serial {calibration.serial_time * 1e3:.2f} ms (CPU), calibrated costs {calibration.costs}")
-        print(f"{'P':>3}  {'model [ms]':>10}  {'measured [ms]':>13}  {'virtual clock [ms]':>18}  {'model/measured':>14}  {'model/clock':>11}")
+        print(
+            f"{'P':>3}  {'model [ms]':>10}  {'measured [ms]':>13}  {'virtual clock [ms]':>18}  {'model/measured':>14}  {'model/clock':>11}"
+        )
         lines = []
         for p in ranks:
             m, w, c = predicted[p], measured.get(p), clocked.get(p)

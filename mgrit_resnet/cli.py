@@ -23,6 +23,7 @@ from . import problems, theory
 from .config import ConfigError, load_config, parse_overrides
 from .mgrit import MGRIT
 from .plot import plot_residuals
+from .predict_cli import DEFAULT_RANKS
 
 EXIT_BAD_INPUT = 2
 
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
     )
+    predict = verb("predict", "predict wall time, speedup and efficiency at any number of ranks from a one-rank calibration")
+    predict.add_argument("--ranks", default=DEFAULT_RANKS, help="rank counts, comma-separated")
+    predict.add_argument(
+        "--of", choices=("train", "solve"), default="train", help="a one-shot training step of [network], or the solve of [problem]"
+    )
+    predict.add_argument("--alpha", type=float, default=None, help="seconds per message (default 2e-6)")
+    predict.add_argument("--beta", type=float, default=None, help="seconds per byte (default 1e-10, i.e. 10 GB/s)")
+    predict.add_argument("--measure-network", action="store_true", help="measure alpha and beta by a ping-pong between ranks 0 and 1")
+    predict.add_argument("--json", metavar="FILE", help="write the prediction and the calibration as JSON")
+    predict.add_argument("--out", metavar="FILE", help="draw time and speedup against ranks (PNG, PDF or SVG)")
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 
@@ -86,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _check_output_path("--out", args.out)
             job = prepare_sweep(args, comm, rank)
+        elif args.verb == "predict":
+            from .predict_cli import prepare_predict
+
+            for option in ("json", "out"):
+                _check_output_path(f"--{option}", getattr(args, option))
+            job = prepare_predict(args, comm, rank)
         elif args.verb == "plot":
             job = _prepare_plot(args, rank)
         elif args.verb == "verify":

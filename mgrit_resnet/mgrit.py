@@ -351,14 +351,21 @@ class MGRIT:
         first_c = -(-a // m) * m
         last_c = (b - 1) // m * m
         level.ghost = None
-        if first_c != a:
-            # This block starts inside an F-interval: continue the left neighbour's sweep.
+        has_c = last_c >= a
+        if first_c != a and not has_c:
+            # The whole block lies inside one F-interval: it can only continue the left neighbour's sweep.
             received = channel.wait_recv()
             if sweep:
-                self._sweep(level, received, a, min(first_c, b))
-        if sweep and last_c >= a:
+                self._sweep(level, received, a, b)
+        elif sweep and has_c:
             self._f_interval(level, last_c)  # the trailing interval first, so the send goes out early
         channel.send(u[b - 1 - a])
+        if first_c != a and has_c:
+            # The block starts inside an F-interval: continue the left neighbour's sweep. Waiting only
+            # now, after the send, keeps ranks from waiting on each other in a chain across all of them.
+            received = channel.wait_recv()
+            if sweep:
+                self._sweep(level, received, a, first_c)
         for c in range(first_c, last_c, m) if sweep else ():
             self._f_interval(level, c)
         if first_c == a and level.left is not None:

@@ -451,7 +451,9 @@ def predict(
                 fwd, bwd = calibration.iterations
                 elapsed, _ = simulate_training_step(depth, _solver_options(cfg), p, calibration.costs, network, fwd, bwd)
             else:
-                elapsed, _ = simulate_solve(cfg.problem.n_steps, _solver_options(cfg), p, calibration.costs, network, calibration.iterations[0])
+                elapsed, _ = simulate_solve(
+                    cfg.problem.n_steps, _solver_options(cfg), p, calibration.costs, network, calibration.iterations[0]
+                )
             rows.append(ScalingRow(p, elapsed, calibration.serial_time))
         except ValueError as error:
             rows.append(ScalingRow(p, None, calibration.serial_time, note=str(error)))
@@ -469,4 +471,3 @@ def format_table(rows: Sequence[ScalingRow]) -> str:
         else:
             lines.append(f"{row.ranks:>6}  {row.time:11.4e}  {row.speedup:8.2f}  {row.efficiency:10.3f}")
     return "\n".join(lines)
-

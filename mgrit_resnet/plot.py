@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,44 @@ def _axis_positions(cells: list[str]) -> tuple[dict[str, float], list[str]]:
         return {c: float(c) for c in distinct}, []
     except ValueError:
         return {c: float(i) for i, c in enumerate(distinct)}, distinct
+
+
+def plot_scaling(rows: Sequence[Any], path: str | Path, title: str = "") -> Path:
+    """Predicted time and speedup against the number of ranks (log-log), with ideal scaling for reference.
+
+    Parameters
+    ----------
+    rows
+        :class:`~mgrit_resnet.perfmodel.ScalingRow` objects; rows without a time are left out.
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    title
+        Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.time is not None]
+    if not shown:
+        raise ValueError("plot_scaling: no rank count has a predicted time")
+    ranks = [r.ranks for r in shown]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.loglog(ranks, [r.time for r in shown], "o-", label="predicted")
+    left.axhline(shown[0].serial_time, color="gray", linestyle=":", label="serial")
+    left.set(xlabel="ranks P", ylabel="wall time [s]", title="time")
+    right.loglog(ranks, [r.speedup for r in shown], "o-", label="predicted speedup")
+    right.loglog(ranks, ranks, "--", color="gray", label="ideal (P)")
+    right.set(xlabel="ranks P", ylabel="speedup over serial", title="speedup")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
