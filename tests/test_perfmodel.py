@@ -233,3 +233,17 @@ def test_predict_measures_the_network_under_mpiexec(tmp_path):
     network = json.loads(doc.read_text())["network"]
     assert 0 < network["alpha"] < 1e-2 and network["beta"] >= 0
     assert proc.stdout.count("measured by ping-pong") == 1
+
+
+def test_solve_reports_the_virtual_clock(tmp_path):
+    doc = tmp_path / "r.json"
+    solve = [str(Path(sys.executable).parent / "mgrit-resnet"), "solve", "examples/heat1d.toml", "--set", "problem.n_steps=64"]
+    proc = mpirun(2, [*solve, "--virtual-clock", "1e-5,0", "--json", str(doc)])
+    document = json.loads(doc.read_text())
+    assert 0 < document["virtual_time"] and document["iterations"] > 0
+    assert proc.stdout.count("virtual clock:") == 1
+
+
+def test_solve_rejects_a_bad_virtual_clock(capsys):
+    assert main(["solve", str(ROOT / "examples/heat1d.toml"), "--virtual-clock", "fast"]) == 2
+    assert "--virtual-clock must be ALPHA,BETA" in capsys.readouterr().err
