@@ -33,7 +33,7 @@ def test_virtual_clock_gives_the_known_answer_on_a_two_rank_schedule(clock_repor
     assert report["before"] == pytest.approx(expected_before, abs=0.01)
     # The allreduce ends both clocks at the later one plus one round of alpha + beta * 8 bytes.
     assert report["after"] == pytest.approx([received + 0.05 + alpha + 8 * beta] * 2, abs=0.01)
-    assert report["virtual_time"] == pytest.approx(max(report["after"]), abs=1e-3)  # plus the CPU time of reading the clocks
+    assert report["virtual_time"] == pytest.approx(max(report["after"]), abs=0.01)  # plus the CPU time of reading the clocks
 
 
 def test_a_clocked_solve_keeps_its_numbers_and_bytes(clock_reports):
