@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import comm as comm_module
+from ..config import toml_value
 from ..data import load_dataset
 from . import checkpoint
 from .models import TrainModel
@@ -262,18 +263,6 @@ def _write_config(cfg: Any, path: Path) -> None:
     lines = []
     for section, values in cfg.as_dict().items():
         lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
         lines.append("")
     path.write_text("\n".join(lines))
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, complex):
-        return json.dumps(str(value).strip("()"))
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
