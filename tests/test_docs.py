@@ -130,7 +130,7 @@ def test_docs_build_without_warnings(tmp_path):
     if not sphinx_build.exists():
         pytest.fail(f"sphinx-build not found next to {sys.executable}: run `make setup` (it installs the `docs` extra)")
     proc = subprocess.run(
-        [str(sphinx_build), "-W", "-q", "-b", "html", "-D", "sphinx_gallery_conf.plot_gallery=0", str(DOCS), str(tmp_path / "html")],
+        [str(sphinx_build), "-W", "-q", "-b", "html", "-D", "plot_gallery=0", str(DOCS), str(tmp_path / "html")],
         cwd=ROOT,
         check=False,
         capture_output=True,

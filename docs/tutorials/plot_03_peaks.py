@@ -66,8 +66,9 @@ plt.show()
 
 # %%
 # In one-shot training each step does a fixed number of MGRIT iterations,
-# so the solves are not converged. The metrics keep the last step's
-# residuals: they shrink as the warm starts improve with the parameters.
+# so the solves are not converged. The metrics keep each epoch's last
+# forward and adjoint residuals, a measure of how far from the exact states
+# the step's gradient was computed.
 
 one_shot = runs["one_shot"].metrics
 for row in one_shot[:: max(1, len(one_shot) // 5)]:
