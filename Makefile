@@ -6,6 +6,8 @@ TORCH_VERSION ?= 2.13.0
 PETSC_VERSION ?= 3.26.1
 PETSC_CONFIGURE_OPTIONS ?= --with-cuda=0 --with-fc=0 --with-debugging=0 --with-x=0
 NP ?= 2
+MATHJAX_VERSION ?= 3.2.2
+MATHJAX := docs/_static/mathjax
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup petsc demo test test-all lint docs bench clean
@@ -55,12 +57,24 @@ test-all: setup petsc
 lint: setup
 	$(BIN)/ruff check mgrit_resnet tests benchmarks examples
 
-docs: setup
+# The tutorials run during the build. MathJax is copied into the pages (from the npm
+# registry, once) so that equations render offline; without npm they load it from its CDN.
+docs: setup $(MATHJAX)/.copied
 	$(BIN)/sphinx-build -W -b html docs docs/_build/html
+
+$(MATHJAX)/.copied:
+	@if command -v npm >/dev/null; then \
+	  rm -rf $(MATHJAX) docs/_build/mathjax && mkdir -p docs/_build/mathjax $(MATHJAX) && \
+	  (cd docs/_build/mathjax && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null) && \
+	  tar -xzf docs/_build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C docs/_build/mathjax && \
+	  for part in tex-chtml.js output/chtml/fonts/woff-v2 input/tex/extensions ui a11y; do \
+	    mkdir -p $(MATHJAX)/$$(dirname $$part) && cp -r docs/_build/mathjax/package/es5/$$part $(MATHJAX)/$$part; done && \
+	  touch $@; \
+	else echo "npm not found: the pages will load MathJax from its CDN"; fi
 
 bench: setup
 	$(BIN)/python benchmarks/mgrit_overhead.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/serial_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info docs/_build
+	rm -rf $(VENV) build *.egg-info docs/_build $(MATHJAX) docs/auto_tutorials

@@ -22,8 +22,14 @@ class ConfigError(ValueError):
     """A bad config file, key or value."""
 
 
+def _described(check: Callable[[str, Any], Any], kind: str, allowed: str, choices: tuple[str, ...] = ()) -> Callable[[str, Any], Any]:
+    """Attach what the config reference prints for a check: the value's ``kind``, its ``allowed`` range, the ``choices``."""
+    check.kind, check.allowed, check.choices = kind, allowed, choices  # type: ignore[attr-defined]
+    return check
+
+
 def _integer(minimum: int) -> Callable[[str, Any], int]:
-    return lambda name, value: check_int(name, value, minimum=minimum)
+    return _described(lambda name, value: check_int(name, value, minimum=minimum), "integer", f">= {minimum}")
 
 
 def _real(minimum: float | None = None, positive: bool = False) -> Callable[[str, Any], float]:
@@ -33,11 +39,11 @@ def _real(minimum: float | None = None, positive: bool = False) -> Callable[[str
             raise ValueError(f"{name} must be a real number > 0; got {value!r}")
         return value
 
-    return check
+    return _described(check, "real", "> 0" if positive else f">= {minimum}" if minimum is not None else "any")
 
 
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
-    return lambda name, value: check_choice(name, value, allowed)
+    return _described(lambda name, value: check_choice(name, value, allowed), "string", ", ".join(map(json.dumps, allowed)), allowed)
 
 
 def _boolean(name: str, value: Any) -> bool:
@@ -54,7 +60,7 @@ def _one_or_list(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
             return [check(name, v) for v in value]
         return check(name, value)
 
-    return checked
+    return _described(checked, f"{check.kind}, or a non-empty list of them (one per level)", check.allowed, check.choices)
 
 
 def _relax(name: str, value: Any) -> str:
@@ -73,6 +79,11 @@ def _complex(name: str, value: Any) -> complex | float:
         else:
             return z if z.imag else z.real
     raise ValueError(f"{name} must be a real number, or a complex number written as a string such as '-1+2j'; got {value!r}")
+
+
+_described(_boolean, "boolean", "true, false")
+_described(_relax, "string", '"F", "FCF", "FCFCF", ...: F followed by any number of CF pairs')
+_described(_complex, "real, or complex as a string", 'any; complex written as a string such as "-1+2j"')
 
 
 _PROBLEM_KINDS = ("dahlquist", "heat1d", "heat2d")
@@ -139,6 +150,77 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
 }
 
 
+# One line per key for the config reference (docs/_ext/config_reference.py renders
+# it beside the default and the check's allowed values; a test checks that every
+# SCHEMA key has one). reStructuredText.
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "problem": {
+        "kind": "the problem: :class:`~mgrit_resnet.problems.Dahlquist`, :class:`~mgrit_resnet.problems.Heat1D` "
+        "or :class:`~mgrit_resnet.problems.Heat2D` (``heat2d`` needs petsc4py)",
+        "z": "Dahlquist only: the eigenvalue in :math:`u' = z u`",
+        "scheme": "Dahlquist: the time-stepping scheme; the heat problems accept only ``backward_euler``",
+        "t_final": "final time :math:`T`",
+        "n_steps": "number of fine time steps; the fine grid has ``n_steps + 1`` points",
+        "nx": "heat problems only: interior grid points (per direction in 2D)",
+        "diffusivity": "heat problems only: the coefficient :math:`a` in :math:`u_t = a \\Delta u`",
+    },
+    "mgrit": {
+        "levels": "maximum number of levels; 1 is a sequential solve",
+        "coarsening": "coarsening factor :math:`m` between a level and the next; a list gives one per level",
+        "min_coarse": "no level with fewer points than this is created",
+        "relax": "relaxation :math:`F(CF)^\\nu`; a list gives one per level",
+        "c_weight": "weight :math:`w` of C-relaxation",
+        "cycle": "V-cycle, or F-cycle",
+        "tol": "stopping tolerance on the fine-level residual",
+        "tol_kind": "``tol`` is absolute, or relative to the first residual computed",
+        "max_iter": "maximum number of iterations",
+        "initial_guess": "fine-level states before the first iteration",
+        "skip_first_down": "make the first iteration a coarse pass without relaxation",
+        "relax_warm_start": "with ``false``, a warm start (one-shot training) is taken as it is: "
+        "the first iteration skips its initial fine F-relaxation",
+    },
+    "network": {
+        "kind": "dense or convolutional residual layers",
+        "in_features": "dense: input size",
+        "in_channels": "conv: input channels",
+        "image_size": "conv: input image side length",
+        "width": "dense width, or number of conv channels",
+        "depth": "number of residual layers :math:`N`; layer-parallel runs need at least :math:`2P - 1` on :math:`P` ranks",
+        "t_final": ":math:`T`; each layer is a step of :math:`h = T/N`",
+        "activation": "activation function :math:`\\sigma`",
+        "n_classes": "number of output classes",
+        "dtype": "floating-point type",
+        "device": "where each rank computes (``cuda``: GPU ``local rank mod device count``)",
+    },
+    "data": {
+        "name": "the data set; each fixes the input shape and number of classes it needs (an error names them)",
+        "n_train": "number of training samples",
+        "n_val": "number of validation samples",
+        "seed": "random seed of the data (and of ``verify``'s random batch)",
+    },
+    "train": {
+        "strategy": "``serial`` (autograd through :class:`~mgrit_resnet.nn.ODEResNet`), ``exact`` "
+        "(:class:`~mgrit_resnet.nn.LayerParallel` solved to ``mgrit.tol``) or ``one_shot``",
+        "optimizer": "optimiser; ``lbfgs`` is PETSc TAO's L-BFGS and needs petsc4py, strategy ``serial`` or ``exact`` "
+        "and ``data_parallel = 1``",
+        "lr": "learning rate",
+        "batch_size": "samples per optimisation step",
+        "epochs": "passes over the training set",
+        "fwd_iters": "``one_shot``: forward MGRIT iterations per step",
+        "bwd_iters": "``one_shot``: adjoint MGRIT iterations per step",
+        "seed": "seed of the initial parameters and the batches",
+        "warm_start": "``one_shot``: start each batch's solves from the states its last step left",
+        "momentum": "``sgd``: momentum",
+        "schedule": "learning-rate schedule, stepped once per epoch (``cosine``: to zero over ``epochs``)",
+        "lr_step": "``step`` schedule: epochs between decays",
+        "lr_gamma": "``step`` schedule: factor of each decay",
+        "data_parallel": ":math:`D`, dividing the number of ranks: :math:`D` groups of :math:`P/D` layer-ranks, "
+        "each taking a share of every batch",
+        "lbfgs_iters": "``lbfgs``: L-BFGS iterations per epoch, each on the mean loss over the whole training set",
+    },
+}
+
+
 class Section:
     """One config table with attribute access (``cfg.mgrit.levels``)."""
 
@@ -147,6 +229,7 @@ class Section:
         self.__dict__.update(values)
 
     def as_dict(self) -> dict[str, Any]:
+        """The keys and values of this table."""
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __repr__(self) -> str:
@@ -164,7 +247,21 @@ class Config:
     train: Section
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Every table as a dict of its keys and values."""
         return {name: getattr(self, name).as_dict() for name in SCHEMA}
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML (a complex number as a string, as ``--set problem.z=-1+2j`` reads it)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, complex):
+        return json.dumps(str(value).strip("()"))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def parse_value(text: str) -> Any:

@@ -100,6 +100,7 @@ class Hierarchy:
 
     @property
     def n_levels(self) -> int:
+        """Number of levels, the fine one included."""
         return len(self.factors) + 1
 
     def stride(self, level: int) -> int:
@@ -114,6 +115,7 @@ class Hierarchy:
         return (self.n_points - 1) // self.stride(level) + 1
 
     def points_per_level(self) -> list[int]:
+        """Number of time points on each level, finest first."""
         return [self.points(level) for level in range(self.n_levels)]
 
     def factor(self, level: int) -> int:
@@ -121,6 +123,7 @@ class Hierarchy:
         return self.factors[level] if level < len(self.factors) else 1
 
     def is_c_point(self, level: int, index: int) -> bool:
+        """Whether point ``index`` of ``level`` (not the coarsest) is a C-point, i.e. also a point of ``level + 1``."""
         return index % self.factor(level) == 0
 
     def fine_block(self, rank: int) -> range:

@@ -1,6 +1,9 @@
-"""The documentation: the config reference matches the schema, and Sphinx builds it with ``-W``."""
+"""The documentation: the config reference is generated from the schema, the public API has docstrings
+and is in the API reference, and Sphinx builds the pages with ``-W``."""
 
+import importlib
 import importlib.util
+import inspect
 import re
 import subprocess
 import sys
@@ -9,63 +12,136 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from sphinx.errors import ExtensionError
 
-from mgrit_resnet.config import SCHEMA
+import mgrit_resnet as mr
+from mgrit_resnet.config import DESCRIPTIONS, SCHEMA
 
 DOCS = ROOT / "docs"
-SECTION_HEADING = re.compile(r"^``\[(\w+)\]``\n-+\n", re.MULTILINE)
-# A list-table row: "* - ``key``" followed by the default cell "- ``value``".
-ROW = re.compile(r"^\s*\* - ``(\w+)``\n\s*- ``(.+?)``\s*$", re.MULTILINE)
 
 
-def documented_sections() -> dict[str, dict[str, str]]:
-    """``{section: {key: default cell}}`` from the tables of docs/config.rst, in file order."""
-    text = (DOCS / "config.rst").read_text()
-    headings = list(SECTION_HEADING.finditer(text))
-    sections = {}
-    for heading, following in zip(headings, headings[1:] + [None]):
-        body = text[heading.end() : following.start() if following else len(text)]
-        sections[heading.group(1)] = {key: default for key, default in ROW.findall(body)}
-    return sections
+def _config_reference():
+    spec = importlib.util.spec_from_file_location("config_reference", DOCS / "_ext" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_every_schema_key_appears_in_config_rst():
-    text = (DOCS / "config.rst").read_text()
-    missing = [f"{section}.{key}" for section, keys in SCHEMA.items() for key in keys if f"``{key}``" not in text]
-    assert not missing, f"docs/config.rst does not mention: {', '.join(missing)}"
+def test_every_schema_key_has_a_description_and_no_description_is_stale():
+    assert list(DESCRIPTIONS) == list(SCHEMA)
+    for section, keys in SCHEMA.items():
+        assert list(DESCRIPTIONS[section]) == list(keys), f"[{section}]: DESCRIPTIONS keys differ from SCHEMA (order too)"
+        empty = [key for key, text in DESCRIPTIONS[section].items() if not text.strip()]
+        assert not empty, f"[{section}]: empty descriptions for {empty}"
 
 
-def test_config_tables_list_exactly_the_schema_keys():
-    sections = documented_sections()
-    assert list(sections) == list(SCHEMA), "one ``[section]`` table per SCHEMA section, in SCHEMA order"
-    for name, keys in SCHEMA.items():
-        assert list(sections[name]) == list(keys), f"[{name}]: documented keys differ from SCHEMA"
+def test_every_check_says_what_it_allows():
+    for section, keys in SCHEMA.items():
+        for key, (_, check) in keys.items():
+            for attribute in ("kind", "allowed", "choices"):
+                assert hasattr(check, attribute), f"{section}.{key}: its check has no {attribute!r} for the config reference"
+            assert check.kind and (check.allowed or check.choices), f"{section}.{key}: empty type or allowed values"
 
 
-def test_config_tables_give_the_schema_defaults():
-    for name, table in documented_sections().items():
-        for key, cell in table.items():
-            if key not in SCHEMA.get(name, {}):
-                continue  # reported by test_config_tables_list_exactly_the_schema_keys
-            default = SCHEMA[name][key][0]
+def test_choice_checks_document_exactly_the_values_they_accept():
+    for section, keys in SCHEMA.items():
+        for key, (_, check) in keys.items():
+            for choice in check.choices:
+                assert check(f"{section}.{key}", choice) == choice
+            if check.choices:
+                with pytest.raises(ValueError, match=f"{section}.{key} must be one of"):
+                    check(f"{section}.{key}", "not-a-choice")
+
+
+def test_config_reference_tables_give_every_key_with_its_default():
+    reference = _config_reference()
+    for section, keys in SCHEMA.items():
+        rows = re.findall(r"^   \* - ``(\w+)``\n     - .*\n     - .*\n     - ``(.+)``$", reference.table_rst(section), re.MULTILINE)
+        assert [key for key, _ in rows] == list(keys)
+        for key, cell in rows:
+            default = keys[key][0]
             documented = tomllib.loads(f"value = {cell}")["value"]
-            assert type(documented) is type(default) and documented == default, (
-                f"{name}.{key}: docs/config.rst says {cell}, SCHEMA default is {default!r}"
-            )
+            assert type(documented) is type(default) and documented == default, f"{section}.{key}: table says {cell}, SCHEMA {default!r}"
+
+
+def test_config_page_has_a_generated_table_per_section():
+    text = (DOCS / "guide" / "config.rst").read_text()
+    assert re.findall(r"^\.\. config-table:: (\w+)$", text, re.MULTILINE) == list(SCHEMA)
+    assert "list-table" not in text, "the key tables are generated by the config-table directive, not written by hand"
+
+
+def test_a_section_missing_from_descriptions_fails_the_reference(monkeypatch):
+    reference = _config_reference()
+    monkeypatch.setitem(DESCRIPTIONS, "mgrit", {k: v for k, v in DESCRIPTIONS["mgrit"].items() if k != "tol"})
+    with pytest.raises(ExtensionError, match=r"mgrit\.tol"):
+        reference.table_rst("mgrit")
+
+
+def public_objects() -> dict[str, object]:
+    """Dotted name -> object for the public API (the packages' ``__all__``, the theory functions, config types)."""
+    names = {}
+    for package in ("mgrit_resnet", "mgrit_resnet.nn", "mgrit_resnet.problems", "mgrit_resnet.training"):
+        module = importlib.import_module(package)
+        names.update({f"{package}.{n}": getattr(module, n) for n in module.__all__ if n != "__version__"})
+    names["mgrit_resnet.problems.from_config"] = mr.problems.from_config
+    theory = mr.theory
+    names.update(
+        {f"mgrit_resnet.theory.{n}": f for n, f in vars(theory).items() if inspect.isfunction(f) and f.__module__ == theory.__name__}
+    )
+    names.update({f"mgrit_resnet.config.{n}": getattr(mr.config, n) for n in ("Section", "ConfigError")})
+    names["mgrit_resnet.nn.parallel.CallStats"] = importlib.import_module("mgrit_resnet.nn.parallel").CallStats
+    return names
+
+
+def _own_public_members(cls: type):
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if inspect.isfunction(member) or isinstance(member, property):
+            yield name, member
+
+
+def test_every_public_object_and_method_has_a_docstring():
+    missing = []
+    for name, obj in public_objects().items():
+        if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)):
+            continue  # data (ACTIVATIONS): documented in the API page, see below
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(obj):
+            missing += [f"{name}.{m}" for m, member in _own_public_members(obj) if not (member.__doc__ or "").strip()]
+    assert not missing, f"public objects without a docstring: {', '.join(missing)}"
+
+
+def test_every_public_object_is_in_the_api_reference():
+    text = (DOCS / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. (?:auto(?:class|function|exception|module)|py:data):: ([\w.]+)", text, re.MULTILINE))
+    missing = [name for name in public_objects() if name not in documented]
+    assert not missing, f"docs/api.rst does not document: {', '.join(missing)}"
 
 
 def test_docs_build_without_warnings(tmp_path):
+    """The whole site with ``-W``; the tutorials are not executed here (``make docs`` executes them)."""
     if importlib.util.find_spec("sphinx") is None:
         pytest.fail("sphinx is not installed: run `make setup` (it installs the `docs` extra)")
     sphinx_build = Path(sys.executable).parent / "sphinx-build"
     if not sphinx_build.exists():
         pytest.fail(f"sphinx-build not found next to {sys.executable}: run `make setup` (it installs the `docs` extra)")
     proc = subprocess.run(
-        [str(sphinx_build), "-W", "-q", "-b", "html", str(DOCS), str(tmp_path / "html")],
+        [str(sphinx_build), "-W", "-q", "-b", "html", "-D", "plot_gallery=0", str(DOCS), str(tmp_path / "html")],
         cwd=ROOT,
         check=False,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, f"sphinx-build -W failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}"
+    html = tmp_path / "html"
+    config_page = (html / "guide" / "config.html").read_text()
+    missing = [
+        f"{section}.{key}" for section, keys in SCHEMA.items() for key in keys if f'<span class="pre">{key}</span>' not in config_page
+    ]
+    assert not missing, f"the built config reference lacks {missing}"
+    assert (html / "auto_tutorials" / "index.html").is_file()

@@ -65,6 +65,7 @@ class Activation:
         return self._backward(g, saved)
 
 
+#: The activations by ``network.activation`` name: ``tanh``, ``relu`` and ``smooth_relu``.
 ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation("tanh", torch.tanh, False, lambda g, a: torch.ops.aten.tanh_backward(g, a)),
     "relu": Activation("relu", torch.relu, False, lambda g, a: torch.ops.aten.threshold_backward(g, a, 0)),

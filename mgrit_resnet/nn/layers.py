@@ -68,18 +68,22 @@ class NetworkSpec:
 
     @property
     def h(self) -> float:
+        """The layer step ``t_final / depth``."""
         return self.t_final / self.depth
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a ``torch.dtype``."""
         return DTYPES[self.dtype]
 
     @property
     def act(self) -> Activation:
+        """The activation, with its hand-written derivative."""
         return ACTIVATIONS[self.activation]
 
     @property
     def ops(self) -> DenseOps | ConvOps:
+        """The residual layers' operator ``W x + b`` with its vector-Jacobian products (autograd's kernels)."""
         return DenseOps() if self.kind == "dense" else ConvOps(self.width)
 
     def fast_ops(self) -> DenseOps | ConvOps:

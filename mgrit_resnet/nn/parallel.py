@@ -365,6 +365,7 @@ class LayerParallel(nn.Module):
         }
 
     def extra_repr(self) -> str:
+        """Depth, owned layers and ranks, for ``repr``."""
         return f"depth={self.spec.depth}, owned_layers={self.owned_layers}, ranks={self.backend.size}"
 
 

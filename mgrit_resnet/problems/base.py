@@ -43,6 +43,7 @@ class UniformGrid:
 
     @property
     def times(self) -> np.ndarray:
+        """The ``n_steps + 1`` fine time points."""
         return np.linspace(0.0, self.t_final, self.n_steps + 1)
 
     def interval(self, start: int, stop: int) -> float:

@@ -45,9 +45,11 @@ class Dahlquist(UniformGrid):
         return (1 + x / 2) / (1 - x / 2)
 
     def initial_value(self) -> np.ndarray:
+        """``u(0) = 1``, real or complex like ``z``."""
         return np.ones(1, dtype=self._dtype)
 
     def step(self, u: np.ndarray, start: int, stop: int, level: int) -> np.ndarray:
+        """``u`` times the amplification factor of the interval ``start`` to ``stop`` (one step of the scheme)."""
         width = stop - start
         factor = self._factors.get(width)
         if factor is None:

@@ -38,9 +38,11 @@ class Heat1D(UniformGrid):
         self._solvers: dict[int, spla.SuperLU] = {}
 
     def initial_value(self) -> np.ndarray:
+        """``sin(pi x) + sin(8 pi x) / 2`` at the interior grid points."""
         return np.sin(np.pi * self.x) + 0.5 * np.sin(8 * np.pi * self.x)
 
     def step(self, u: np.ndarray, start: int, stop: int, level: int) -> np.ndarray:
+        """One backward Euler step over the interval ``start`` to ``stop``."""
         width = stop - start
         solver = self._solvers.get(width)
         if solver is None:

@@ -62,11 +62,13 @@ class Heat2D(UniformGrid):
         self._solvers: dict[int, PETSc.KSP] = {}
 
     def initial_value(self) -> np.ndarray:
+        """``sin(pi x) sin(pi y) + sin(4 pi x) sin(3 pi y) / 2`` at the interior grid points, flattened."""
         x, y = np.meshgrid(self.x, self.x, indexing="ij")
         u = np.sin(np.pi * x) * np.sin(np.pi * y) + 0.5 * np.sin(4 * np.pi * x) * np.sin(3 * np.pi * y)
         return u.ravel()
 
     def step(self, u: np.ndarray, start: int, stop: int, level: int) -> np.ndarray:
+        """One backward Euler step over the interval ``start`` to ``stop`` (a KSP solve)."""
         width = stop - start
         ksp = self._solvers.get(width)
         if ksp is None:
