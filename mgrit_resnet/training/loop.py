@@ -129,7 +129,7 @@ def train(
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         order = np.random.default_rng([t.seed, epoch, 1]).permutation(len(batches))
-        loss_sum, correct, seen, bytes_before = 0.0, 0, 0, groups.world.bytes_sent
+        loss_sum, correct, seen, bytes_before = 0.0, 0, 0, _bytes_sent(groups, model)
         if tao is not None:
             loss_sum, correct, seen = _lbfgs_epoch(tao, t.lbfgs_iters, groups, model, params, train_x, dataset.train_y, batches)
         else:
@@ -151,7 +151,7 @@ def train(
             "val_accuracy": _accuracy(model, val_x, dataset.val_y),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time": time.perf_counter() - epoch_start,
-            "bytes_sent": groups.world.bytes_sent - bytes_before,
+            "bytes_sent": _bytes_sent(groups, model) - bytes_before,
             **model.solver_stats(),
         }
         row["epoch_time"] = max(groups.world.allgather(row["epoch_time"]))
@@ -211,6 +211,12 @@ def _lbfgs_epoch(tao, iterations, groups, model, params, x, y, batches) -> tuple
 
     tao.run(objective, iterations)
     return last["loss"] * len(y), last["right"], len(y)
+
+
+def _bytes_sent(groups: _Groups, model: TrainModel) -> int:
+    """Bytes this rank has sent: the network's MGRIT and weight messages, gradient sums and the loop's own collectives."""
+    layer = model.module.backend.bytes_sent if model.parallel else 0
+    return groups.world.bytes_sent + groups.data.bytes_sent + layer
 
 
 def _sum_over_data_groups(groups: _Groups, params: list[torch.nn.Parameter], loss: float, right: int) -> tuple[float, int]:
