@@ -272,19 +272,6 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def toml_value(value: Any) -> str:
-    """``value`` written as TOML (the inverse of :func:`parse_value` for config values)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, complex):
-        return json.dumps(str(value).strip("()"))
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Turn ``["mgrit.levels=3", ...]`` into ``{"mgrit.levels": 3, ...}``."""
     overrides = {}

@@ -49,8 +49,8 @@ class ForwardProblem:
         a, saved = self.act.forward(self.ops.pre(u, weight, bias))
         if level == 0:
             self.saved[start] = (u, saved)
-            return u + self.h * a
-        return u + ((stop - start) * self.h) * a
+            return torch.add(u, a, alpha=self.h)  # as layers.residual_step, bitwise
+        return torch.add(u, a, alpha=(stop - start) * self.h)
 
 
 class AdjointProblem:
