@@ -1,4 +1,4 @@
-"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``plot``, ``verify`` and ``info``.
+"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``compare``, ``plot``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb("train", "train the [network] on the [data] with the [train] strategy")
     train.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    compare = verb("compare", "train several strategies on the same network, data, seed and epoch budget; table and figure")
+    compare.add_argument(
+        "--strategies",
+        default="serial,one_shot,local,trgl",
+        help="comma-separated, from serial, exact, one_shot, local, trgl (default %(default)s)",
+    )
+    compare.add_argument("--out", metavar="DIR", help="output folder (compare.md, compare.csv, compare.json, compare.png)")
     plot = verbs.add_parser("plot", help="draw loss, accuracy and MGRIT residuals of a train --out folder")
     plot.add_argument("run_dir", metavar="DIR", help="a folder written by train --out")
     plot.add_argument("--out", metavar="FILE", help="image file (default DIR/training.png)")
@@ -74,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .train_cli import prepare_train
 
             job = prepare_train(args, comm, rank)
+        elif args.verb == "compare":
+            from .compare import prepare_compare
+
+            job = prepare_compare(args, comm, rank)
         elif args.verb == "plot":
             job = _prepare_plot(args, rank)
         elif args.verb == "verify":

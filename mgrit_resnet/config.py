@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "seed": (0, _integer(0)),
     },
     "train": {
-        "strategy": ("one_shot", _choice("serial", "exact", "one_shot")),
+        "strategy": ("one_shot", _choice("serial", "exact", "one_shot", "local", "trgl")),
         "optimizer": ("adam", _choice("sgd", "adam", "lbfgs")),
         "lr": (1e-2, _real(positive=True)),
         "batch_size": (50, _integer(1)),
@@ -134,6 +134,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "lr_gamma": (0.1, _real(positive=True)),
         "data_parallel": (1, _integer(1)),
         "lbfgs_iters": (10, _integer(1)),
+        "blocks": (0, _integer(0)),
+        "local_schedule": ("parallel", _choice("parallel", "sequential", "multilap")),
+        "laps": (2, _integer(1)),
+        "tau": (1.0, _one_or_list(_real(positive=True))),
     },
 }
 

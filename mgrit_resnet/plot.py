@@ -100,3 +100,61 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_compare(results: list[dict], path: str | Path) -> Path:
+    """The figure of the ``compare`` verb: validation accuracy over the training budget for every strategy,
+    the final accuracy of every block's head, and the heads' accuracy over the budget for the local strategies.
+
+    Parameters
+    ----------
+    results
+        The per-strategy records of ``compare.json``.
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    local = [r for r in results if r.get("head_val_accuracy")]
+    fig, axes = plt.subplots(1, 3 if local else 1, figsize=(16 if local else 6, 4.4), squeeze=False)
+    axes = axes[0]
+    for r in results:
+        curve = [p for p in r["curve"] if p.get("val_accuracy") is not None]
+        axes[0].plot([p["progress"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=r["strategy"])
+    axes[0].set(xlabel="share of the training budget done", ylabel="validation accuracy (final network)", title="final network")
+    axes[0].legend(fontsize=8)
+    if local:
+        for r in results:
+            if r["val_accuracy"] is not None and not r.get("head_val_accuracy"):
+                axes[1].axhline(r["val_accuracy"], linestyle=":", color="grey")
+                axes[1].annotate(r["strategy"], (0, r["val_accuracy"]), fontsize=7, color="grey", va="bottom")
+        styles = ("-", "--", "-.", ":")
+        for i, r in enumerate(local):
+            heads = r["head_val_accuracy"]
+            axes[1].plot(range(len(heads)), heads, marker="o", linestyle=styles[i % 4], label=r["strategy"])
+            history = [p for p in r["curve"] if p.get("head_val_accuracy")]
+            for k in range(len(heads)):
+                axes[2].plot(
+                    [p["progress"] for p in history],
+                    [p["head_val_accuracy"][k] for p in history],
+                    linestyle=styles[i % 4],
+                    color=f"C{k}",
+                    label=f"{r['strategy']}, block {k}",
+                )
+        axes[1].set(xlabel="block k", ylabel="validation accuracy of head k", title="per-block heads at the end")
+        axes[1].set_xticks(range(max(len(r["head_val_accuracy"]) for r in local)))
+        axes[1].legend(fontsize=8)
+        axes[2].set(
+            xlabel="share of the training budget done", ylabel="validation accuracy of head k", title="per-block heads during training"
+        )
+        axes[2].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -50,8 +50,12 @@ class _Groups:
         self.data = comm_module.backend_for(data_comm)
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple[_Groups, Any, TrainModel]:
+def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple:
     """Check the config against the ranks, load the data and build the model (raises ValueError on bad input)."""
+    if is_local(cfg):
+        from . import local
+
+        return local.prepare(cfg, comm, seed)
     groups = _Groups(comm, cfg.train.data_parallel)
     if cfg.train.optimizer == "lbfgs":
         if cfg.train.strategy == "one_shot":
@@ -96,6 +100,12 @@ def train(
     prepared
         The result of :func:`prepare`, when the caller checked the input already.
     """
+    if is_local(cfg):
+        from . import local
+
+        if resume:
+            raise ValueError(f"--resume is not available for train.strategy = {cfg.train.strategy!r} (allowed: serial, exact, one_shot)")
+        return local.train(cfg, comm, out, on_step=on_step, on_epoch=on_epoch, prepared=prepared)
     groups, dataset, model = prepared if prepared is not None else prepare(cfg, comm)
     t = cfg.train
     dtype = model.module.spec.torch_dtype
@@ -128,7 +138,7 @@ def train(
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         order = np.random.default_rng([t.seed, epoch, 1]).permutation(len(batches))
-        loss_sum, correct, seen, bytes_before = 0.0, 0, 0, groups.world.bytes_sent
+        loss_sum, correct, seen, bytes_before = 0.0, 0, 0, groups.world.bytes_sent + model.bytes_sent
         if tao is not None:
             loss_sum, correct, seen = _lbfgs_epoch(tao, t.lbfgs_iters, groups, model, params, train_x, dataset.train_y, batches)
         else:
@@ -150,7 +160,7 @@ def train(
             "val_accuracy": _accuracy(model, val_x, dataset.val_y),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time": time.perf_counter() - epoch_start,
-            "bytes_sent": groups.world.bytes_sent - bytes_before,
+            "bytes_sent": groups.world.bytes_sent + model.bytes_sent - bytes_before,
             **model.solver_stats(),
         }
         row["epoch_time"] = max(groups.world.allgather(row["epoch_time"]))
@@ -174,6 +184,11 @@ def train(
     if out is not None and groups.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(summary, metrics)
+
+
+def is_local(cfg: Any) -> bool:
+    """Whether ``cfg.train.strategy`` is one of the block-wise local strategies (:mod:`.local`)."""
+    return cfg.train.strategy in ("local", "trgl")
 
 
 def batch_gradient(
