@@ -137,7 +137,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "blocks": (0, _integer(0)),
         "local_schedule": ("parallel", _choice("parallel", "sequential", "multilap")),
         "laps": (2, _integer(1)),
-        "tau": (1.0, _one_or_list(_real(positive=True))),
+        "tau": (0.1, _one_or_list(_real(positive=True))),
     },
 }
 

@@ -127,10 +127,13 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
     axes[0].set(xlabel="share of the training budget done", ylabel="validation accuracy (final network)", title="final network")
     axes[0].legend(fontsize=8)
     if local:
+        whole = {}  # the whole-network strategies as reference lines, one per accuracy
         for r in results:
             if r["val_accuracy"] is not None and not r.get("head_val_accuracy"):
-                axes[1].axhline(r["val_accuracy"], linestyle=":", color="grey")
-                axes[1].annotate(r["strategy"], (0, r["val_accuracy"]), fontsize=7, color="grey", va="bottom")
+                whole.setdefault(r["val_accuracy"], []).append(r["strategy"])
+        for accuracy, names in whole.items():
+            axes[1].axhline(accuracy, linestyle=":", color="grey")
+            axes[1].annotate(", ".join(names), (0, accuracy), fontsize=8, color="dimgrey", va="bottom")
         styles = ("-", "--", "-.", ":")
         for i, r in enumerate(local):
             heads = r["head_val_accuracy"]

@@ -143,7 +143,7 @@ def test_the_stack_of_blocks_is_the_odeResNet_and_the_checkpoint_loads_into_it(t
     accuracy = float((reference(data.val_x).argmax(1) == data.val_y).double().mean())
     assert accuracy == summary["val_accuracy"] == summary["head_val_accuracy"][-1]
     assert summary["best_head_val_accuracy"] == max(summary["head_val_accuracy"])
-    assert summary["blocks"] == [[0, 4], [4, 7], [7, 10], [10, 13]] and summary["tau"] == [0.5, 0.5, 1.0, 1.0]
+    assert summary["blocks"] == [[0, 4], [4, 7], [7, 10], [10, 13]] and summary["tau"] == [0.05, 0.05, 0.1, 0.1]
 
 
 def test_schedules_spend_the_same_budget_per_block():
