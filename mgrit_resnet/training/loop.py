@@ -251,10 +251,12 @@ def _accuracy(model: TrainModel, x: torch.Tensor, y: torch.Tensor) -> float | No
 
 
 def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_time) -> None:
+    if out is None:  # the same on every rank: no checkpoint, so none of the gathers (one-shot warm starts can be GiBs)
+        return
     state = model.full_state_dict()  # collective
     warm = model.warm_state_dict()  # collective
     opt_parts = groups.world.allgather(portable_optimizer_state(optimizer, names))
-    if out is None or groups.rank != 0:
+    if groups.rank != 0:
         return
     opt_state = {"state": {}, "param_groups": opt_parts[0]["param_groups"]}
     for part in opt_parts:  # replicated parameters have the same state everywhere; take any
