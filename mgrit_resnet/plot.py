@@ -122,9 +122,13 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 3 if local else 1, figsize=(16 if local else 6, 4.4), squeeze=False)
     axes = axes[0]
     for r in results:
-        curve = [p for p in r["curve"] if p.get("val_accuracy") is not None]
+        curve = [p for p in _trained(r["curve"], -1) if p.get("val_accuracy") is not None]
         axes[0].plot([p["progress"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=r["strategy"])
-    axes[0].set(xlabel="share of the training budget done", ylabel="validation accuracy (final network)", title="final network")
+    axes[0].set(
+        xlabel="share of the training budget done",
+        ylabel="validation accuracy (final network)",
+        title="final network (once its last block trains)",
+    )
     axes[0].legend(fontsize=8)
     if local:
         whole = {}  # the whole-network strategies as reference lines, one per accuracy
@@ -138,8 +142,8 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
         for i, r in enumerate(local):
             heads = r["head_val_accuracy"]
             axes[1].plot(range(len(heads)), heads, marker="o", linestyle=styles[i % 4], label=r["strategy"])
-            history = [p for p in r["curve"] if p.get("head_val_accuracy")]
             for k in range(len(heads)):
+                history = [p for p in _trained(r["curve"], k) if p.get("head_val_accuracy")]
                 axes[2].plot(
                     [p["progress"] for p in history],
                     [p["head_val_accuracy"][k] for p in history],
@@ -151,7 +155,9 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
         axes[1].set_xticks(range(max(len(r["head_val_accuracy"]) for r in local)))
         axes[1].legend(fontsize=8)
         axes[2].set(
-            xlabel="share of the training budget done", ylabel="validation accuracy of head k", title="per-block heads during training"
+            xlabel="share of the training budget done",
+            ylabel="validation accuracy of head k",
+            title="per-block heads (from their first epoch)",
         )
         axes[2].legend(fontsize=7, ncol=2)
     for ax in axes:
@@ -161,3 +167,12 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _trained(curve: list[dict], block: int) -> list[dict]:
+    """The points of ``curve`` from the first epoch in which ``block`` (-1: the last) trained on; all of them for whole-network runs."""
+    for i, point in enumerate(curve):
+        trained = point.get("blocks_trained")
+        if trained is None or (block if block >= 0 else len(point["head_val_accuracy"]) - 1) in trained:
+            return curve[i:]
+    return []
