@@ -1,4 +1,4 @@
-"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``sweep``, ``plot``, ``verify`` and ``info``.
+"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``compare``, ``sweep``, ``plot``, ``predict``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb("train", "train the [network] on the [data] with the [train] strategy")
     train.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    compare = verb("compare", "train several strategies on the same network, data, seed and epoch budget; table and figure")
+    compare.add_argument(
+        "--strategies",
+        default="serial,one_shot,local,trgl",
+        help="comma-separated, from serial, exact, one_shot, local, trgl (default %(default)s)",
+    )
+    compare.add_argument("--out", metavar="DIR", help="output folder (compare.md, compare.csv, compare.json, compare.png)")
     sweep = verb("sweep", "run solve (or train) at every point of a grid of config keys; one CSV row per point")
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a dotted key and its values; repeat for more keys"
@@ -108,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for option in ("json", "out"):
                 _check_output_path(f"--{option}", getattr(args, option))
             job = prepare_predict(args, comm, rank)
+        elif args.verb == "compare":
+            from .compare import prepare_compare
+
+            job = prepare_compare(args, comm, rank)
         elif args.verb == "plot":
             job = _prepare_plot(args, rank)
         elif args.verb == "verify":

@@ -52,7 +52,7 @@ def _boolean(name: str, value: Any) -> bool:
     return value
 
 
-def _one_or_list(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+def _one_or_list(check: Callable[[str, Any], Any], per: str = "level") -> Callable[[str, Any], Any]:
     def checked(name: str, value: Any) -> Any:
         if isinstance(value, list):
             if not value:
@@ -60,7 +60,7 @@ def _one_or_list(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
             return [check(name, v) for v in value]
         return check(name, value)
 
-    return _described(checked, f"{check.kind}, or a non-empty list of them (one per level)", check.allowed, check.choices)
+    return _described(checked, f"{check.kind}, or a non-empty list of them (one per {per})", check.allowed, check.choices)
 
 
 def _relax(name: str, value: Any) -> str:
@@ -131,7 +131,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "seed": (0, _integer(0)),
     },
     "train": {
-        "strategy": ("one_shot", _choice("serial", "exact", "one_shot")),
+        "strategy": ("one_shot", _choice("serial", "exact", "one_shot", "local", "trgl")),
         "optimizer": ("adam", _choice("sgd", "adam", "lbfgs")),
         "lr": (1e-2, _real(positive=True)),
         "batch_size": (50, _integer(1)),
@@ -146,6 +146,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "lr_gamma": (0.1, _real(positive=True)),
         "data_parallel": (1, _integer(1)),
         "lbfgs_iters": (10, _integer(1)),
+        "blocks": (0, _integer(0)),
+        "local_schedule": ("parallel", _choice("parallel", "sequential", "multilap")),
+        "laps": (2, _integer(1)),
+        "tau": (0.1, _one_or_list(_real(positive=True), per="block")),
     },
 }
 
@@ -200,7 +204,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "train": {
         "strategy": "``serial`` (autograd through :class:`~mgrit_resnet.nn.ODEResNet`), ``exact`` "
-        "(:class:`~mgrit_resnet.nn.LayerParallel` solved to ``mgrit.tol``) or ``one_shot``",
+        "(:class:`~mgrit_resnet.nn.LayerParallel` solved to ``mgrit.tol``), ``one_shot``, or block-wise local "
+        "training: ``local`` or ``trgl`` (:doc:`local`)",
         "optimizer": "optimiser; ``lbfgs`` is PETSc TAO's L-BFGS and needs petsc4py, strategy ``serial`` or ``exact`` "
         "and ``data_parallel = 1``",
         "lr": "learning rate",
@@ -217,6 +222,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "data_parallel": ":math:`D`, dividing the number of ranks: :math:`D` groups of :math:`P/D` layer-ranks, "
         "each taking a share of every batch",
         "lbfgs_iters": "``lbfgs``: L-BFGS iterations per epoch, each on the mean loss over the whole training set",
+        "blocks": "``local``, ``trgl``: number of blocks :math:`K` (``0``: one per rank; otherwise between the number "
+        "of ranks and ``network.depth``); a rank holds one or more consecutive blocks",
+        "local_schedule": "``local``, ``trgl``: ``parallel`` (all blocks at once, pipelined over the ranks), "
+        "``sequential`` (one block after the other) or ``multilap`` (sequential, in ``laps`` laps)",
+        "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",
+        "tau": "``trgl``: the kinetic penalty of block :math:`k` has weight :math:`1/(2\\tau_k)`; a number gives "
+        ":math:`\\tau/2` to the first :math:`K/2` blocks and :math:`\\tau` to the others; ``inf`` is ``local``",
     },
 }
 

@@ -217,3 +217,79 @@ def plot_scaling(rows: Sequence[Any], path: str | Path, title: str = "") -> Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_compare(results: list[dict], path: str | Path) -> Path:
+    """The figure of the ``compare`` verb: validation accuracy over the training budget for every strategy,
+    the final accuracy of every block's head, and the heads' accuracy over the budget for the local strategies.
+
+    Parameters
+    ----------
+    results
+        The per-strategy records of ``compare.json``.
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    local = [r for r in results if r.get("head_val_accuracy")]
+    fig, axes = plt.subplots(1, 3 if local else 1, figsize=(16 if local else 6, 4.4), squeeze=False)
+    axes = axes[0]
+    for r in results:
+        curve = [p for p in _trained(r["curve"], -1) if p.get("val_accuracy") is not None]
+        axes[0].plot([p["progress"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=r["strategy"])
+    axes[0].set(
+        xlabel="share of the training budget done",
+        ylabel="validation accuracy (final network)",
+        title="final network (once its last block trains)",
+    )
+    axes[0].legend(fontsize=8)
+    if local:
+        whole = {}  # the whole-network strategies as reference lines, one per accuracy
+        for r in results:
+            if r["val_accuracy"] is not None and not r.get("head_val_accuracy"):
+                whole.setdefault(r["val_accuracy"], []).append(r["strategy"])
+        for accuracy, names in whole.items():
+            axes[1].axhline(accuracy, linestyle=":", color="grey")
+            axes[1].annotate(", ".join(names), (0, accuracy), fontsize=8, color="dimgrey", va="bottom")
+        styles = ("-", "--", "-.", ":")
+        for i, r in enumerate(local):
+            heads = r["head_val_accuracy"]
+            axes[1].plot(range(len(heads)), heads, marker="o", linestyle=styles[i % 4], label=r["strategy"])
+            for k in range(len(heads)):
+                history = [p for p in _trained(r["curve"], k) if p.get("head_val_accuracy")]
+                axes[2].plot(
+                    [p["progress"] for p in history],
+                    [p["head_val_accuracy"][k] for p in history],
+                    linestyle=styles[i % 4],
+                    color=f"C{k}",
+                    label=f"{r['strategy']}, block {k}",
+                )
+        axes[1].set(xlabel="block k", ylabel="validation accuracy of head k", title="per-block heads at the end")
+        axes[1].set_xticks(range(max(len(r["head_val_accuracy"]) for r in local)))
+        axes[1].legend(fontsize=8)
+        axes[2].set(
+            xlabel="share of the training budget done",
+            ylabel="validation accuracy of head k",
+            title="per-block heads (from their first epoch)",
+        )
+        axes[2].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _trained(curve: list[dict], block: int) -> list[dict]:
+    """The points of ``curve`` from the first epoch in which ``block`` (-1: the last) trained on; all of them for whole-network runs."""
+    for i, point in enumerate(curve):
+        trained = point.get("blocks_trained")
+        if trained is None or (block if block >= 0 else len(point["head_val_accuracy"]) - 1) in trained:
+            return curve[i:]
+    return []

@@ -19,7 +19,7 @@ from .activations import ACTIVATIONS, Activation
 
 KINDS = ("dense", "conv")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER = 0, 1, 2
+_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,11 @@ def make_opening(spec: NetworkSpec, seed: int, device: torch.device) -> nn.Modul
     return module
 
 
-def make_classifier(spec: NetworkSpec, seed: int, device: torch.device) -> nn.Module:
+def make_classifier(spec: NetworkSpec, seed: int, device: torch.device, head: int | None = None) -> nn.Module:
+    """The linear classifier on the (pooled) final state; ``head=k`` draws auxiliary head ``k`` from its own stream."""
     module = nn.Linear(spec.width, spec.n_classes)
-    _set(module, seed, _ROLE_CLASSIFIER, spec.width, spec, device)
+    role, index = (_ROLE_CLASSIFIER, 0) if head is None else (_ROLE_HEAD, head)
+    _set(module, seed, role, spec.width, spec, device, index)
     return module
 
 
@@ -210,8 +212,8 @@ def classify(spec: NetworkSpec, classifier: nn.Module, state: torch.Tensor) -> t
     return classifier(state)
 
 
-def _set(module: nn.Module, seed: int, role: int, fan_in: int, spec: NetworkSpec, device: torch.device) -> None:
-    weight, bias = _uniform_init(seed, role, 0, tuple(module.weight.shape), tuple(module.bias.shape), fan_in)
+def _set(module: nn.Module, seed: int, role: int, fan_in: int, spec: NetworkSpec, device: torch.device, index: int = 0) -> None:
+    weight, bias = _uniform_init(seed, role, index, tuple(module.weight.shape), tuple(module.bias.shape), fan_in)
     module.to(device=device, dtype=spec.torch_dtype)
     with torch.no_grad():
         module.weight.copy_(weight)

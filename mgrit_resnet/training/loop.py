@@ -51,8 +51,12 @@ class _Groups:
         self.data = comm_module.backend_for(data_comm)
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple[_Groups, Any, TrainModel]:
+def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple:
     """Check the config against the ranks, load the data and build the model (raises ValueError on bad input)."""
+    if is_local(cfg):
+        from . import local
+
+        return local.prepare(cfg, comm, seed)
     groups = _Groups(comm, cfg.train.data_parallel)
     if cfg.train.optimizer == "lbfgs":
         if cfg.train.strategy == "one_shot":
@@ -97,6 +101,12 @@ def train(
     prepared
         The result of :func:`prepare`, when the caller checked the input already.
     """
+    if is_local(cfg):
+        from . import local
+
+        if resume:
+            raise ValueError(f"--resume is not available for train.strategy = {cfg.train.strategy!r} (allowed: serial, exact, one_shot)")
+        return local.train(cfg, comm, out, on_step=on_step, on_epoch=on_epoch, prepared=prepared)
     groups, dataset, model = prepared if prepared is not None else prepare(cfg, comm)
     t = cfg.train
     dtype = model.module.spec.torch_dtype
@@ -177,6 +187,11 @@ def train(
     return TrainResult(summary, metrics)
 
 
+def is_local(cfg: Any) -> bool:
+    """Whether ``cfg.train.strategy`` is one of the block-wise local strategies (:mod:`.local`)."""
+    return cfg.train.strategy in ("local", "trgl")
+
+
 def batch_gradient(
     groups: _Groups,
     model: TrainModel,
@@ -215,8 +230,7 @@ def _lbfgs_epoch(tao, iterations, groups, model, params, x, y, batches) -> tuple
 
 def _bytes_sent(groups: _Groups, model: TrainModel) -> int:
     """Bytes this rank has sent: the network's MGRIT and weight messages, gradient sums and the loop's own collectives."""
-    layer = model.module.backend.bytes_sent if model.parallel else 0
-    return groups.world.bytes_sent + groups.data.bytes_sent + layer
+    return groups.world.bytes_sent + groups.data.bytes_sent + model.bytes_sent
 
 
 def _sum_over_data_groups(groups: _Groups, params: list[torch.nn.Parameter], loss: float, right: int) -> tuple[float, int]:
@@ -243,10 +257,12 @@ def _accuracy(model: TrainModel, x: torch.Tensor, y: torch.Tensor) -> float | No
 
 
 def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_time) -> None:
+    if out is None:  # the same on every rank: no checkpoint, so none of the gathers (one-shot warm starts can be GiBs)
+        return
     state = model.full_state_dict()  # collective
     warm = model.warm_state_dict()  # collective
     opt_parts = groups.world.allgather(portable_optimizer_state(optimizer, names))
-    if out is None or groups.rank != 0:
+    if groups.rank != 0:
         return
     opt_state = {"state": {}, "param_groups": opt_parts[0]["param_groups"]}
     for part in opt_parts:  # replicated parameters have the same state everywhere; take any

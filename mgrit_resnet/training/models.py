@@ -36,6 +36,11 @@ class TrainModel:
     def owned_layers(self) -> range:
         return self.module.owned_layers if self.parallel else range(self.module.spec.depth)
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank's layer-parallel solves have sent so far (0 for ``serial``)."""
+        return self.module.backend.bytes_sent if self.parallel else 0
+
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return list(self.module.named_parameters())
 

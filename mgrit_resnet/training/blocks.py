@@ -1,0 +1,105 @@
+"""The network cut into blocks for local training: the split, the auxiliary heads, the kinetic term.
+
+A block is a run of consecutive residual layers of :class:`~mgrit_resnet.nn.ODEResNet`
+(block 0 also holds the opening layer) with a classifier head on its output.
+The layers and the last head are built exactly as ``ODEResNet`` builds its
+layers and classifier (same seed, same per-layer streams), so the stack of
+blocks with the last head *is* an ``ODEResNet`` and comparisons start from the
+same network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn.layers import NetworkSpec, ResidualLayer, classify, make_classifier, make_opening, open_state
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """``n`` items in ``parts`` contiguous ranges; the first ``n % parts`` ranges hold one item more."""
+    sizes = [n // parts + (k < n % parts) for k in range(parts)]
+    starts = [sum(sizes[:k]) for k in range(parts)]
+    return [range(s, s + size) for s, size in zip(starts, sizes)]
+
+
+def block_taus(tau: float | list[float], blocks: int) -> list[float]:
+    """The TRGL step ``tau_k`` of every block: a list is taken as it is; a number ``tau``
+    gives ``tau / 2`` to the first ``blocks // 2`` blocks and ``tau`` to the others."""
+    if isinstance(tau, list):
+        if len(tau) != blocks:
+            raise ValueError(f"train.tau as a list needs one value per block ({blocks}); got {len(tau)} values")
+        return [float(t) for t in tau]
+    return [tau / 2 if k < blocks // 2 else float(tau) for k in range(blocks)]
+
+
+def kinetic_weight(tau: float) -> float:
+    """``1 / (2 tau)``: exactly zero for ``tau = inf``, so that TRGL is then plain local training."""
+    return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
+
+
+class LocalBlock(nn.Module):
+    """Residual layers ``layers`` of the network and the head on their output.
+
+    Parameters
+    ----------
+    spec
+        The network description.
+    index
+        Block number ``k``; block 0 holds the opening layer.
+    layers
+        The residual-layer indices of the block (contiguous).
+    last
+        Whether this is the last block: its head is the network's classifier.
+    seed
+        The network seed (as for ``ODEResNet``).
+    device
+        Where the parameters live.
+    """
+
+    def __init__(self, spec: NetworkSpec, index: int, layers: range, last: bool, seed: int, device: torch.device) -> None:
+        super().__init__()
+        self.spec, self.index, self.layer_range, self.last = spec, index, layers, last
+        self.opening = make_opening(spec, seed, device) if index == 0 else None
+        self.layers = nn.ModuleList(ResidualLayer(spec, n, seed, device) for n in layers)
+        self.head = make_classifier(spec, seed, device, head=None if last else index)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output state, head logits, and the kinetic energy ``sum_m mean(g_m(x_m)^2)`` of the block.
+
+        ``g_m(x_m) = h sigma(W_m x_m + b_m)`` is residual layer ``m``'s displacement;
+        the mean runs over the batch and the features.
+        """
+        spec, ops, act, h = self.spec, self.spec.ops, self.spec.act, self.spec.h
+        state = open_state(spec, self.opening, x.to(self.opening.weight)) if self.opening is not None else x
+        kinetic = state.new_zeros(())
+        for layer in self.layers:
+            displacement = h * act.apply(ops.pre(state, layer.weight, layer.bias))
+            kinetic = kinetic + displacement.square().mean()
+            state = state + displacement  # the same arithmetic as residual_step, so the stack is bitwise ODEResNet
+        return state, classify(spec, self.head, state), kinetic
+
+    def network_state(self) -> dict[str, torch.Tensor]:
+        """This block's share of ``ODEResNet.state_dict()`` (the last block's head is ``classifier``)."""
+        out = {}
+        if self.opening is not None:
+            out.update({f"opening.{k}": v for k, v in self.opening.state_dict().items()})
+        for n, layer in zip(self.layer_range, self.layers):
+            out.update({f"layers.{n}.{k}": v for k, v in layer.state_dict().items()})
+        if self.last:
+            out.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
+        return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The auxiliary head's parameters, keyed ``heads.k.weight`` / ``heads.k.bias`` (empty for the last block)."""
+        if self.last:
+            return {}
+        return {f"heads.{self.index}.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+
+
+def build_blocks(spec: NetworkSpec, seed: int, bounds: list[range], mine: range, device: Any) -> list[LocalBlock]:
+    """The blocks ``mine`` of a network cut at ``bounds``."""
+    return [LocalBlock(spec, k, bounds[k], k == len(bounds) - 1, seed, device) for k in mine]

@@ -1,0 +1,347 @@
+"""Block-wise local training (``local``, ``trgl``) with the ``parallel``, ``sequential`` and ``multilap`` schedules.
+
+Each of the ``K = train.blocks`` blocks (:mod:`.blocks`) learns from its own
+head's cross-entropy, with its own optimiser; its input is the previous
+block's output, detached, so no gradient crosses a block boundary. ``trgl``
+adds ``1 / (2 tau_k)`` times the block's kinetic energy. The ranks hold
+contiguous runs of whole blocks and pass block outputs forward with buffer
+sends; nothing travels backwards.
+
+Budget: every block makes ``train.epochs`` epochs of optimiser steps (one per
+batch), whatever the schedule, as the whole network does under ``serial``.
+
+* ``parallel``: all blocks step on every batch. Block ``k`` consumes block
+  ``k - 1``'s output of the same batch computed before block ``k - 1``'s update.
+* ``sequential``: block ``k`` trains for all its epochs after block ``k - 1``
+  finished; the earlier blocks, frozen, only compute its inputs.
+* ``multilap``: ``sequential`` repeated ``train.laps`` times, each lap with a
+  share of the epochs.
+
+The arithmetic of every block does not depend on where it runs, so the
+results are the same at every rank count.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import comm as comm_module
+from ..data import load_dataset
+from ..nn.layers import NetworkSpec, resolve_device
+from . import checkpoint
+from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
+from .loop import EVAL_BATCH, TrainResult, _write_config
+from .optim import make_optimizer, make_schedule
+
+LOCAL_STRATEGIES = ("local", "trgl")
+_TRAIN, _EVAL = 0, 1
+
+
+def check_local(cfg: Any, size: int) -> int:
+    """The number of blocks ``K`` for ``size`` ranks, after checking the ``[train]`` keys of local training."""
+    t, depth = cfg.train, cfg.network.depth
+    if t.optimizer not in ("sgd", "adam"):
+        raise ValueError(
+            f"train.strategy = {t.strategy!r} gives every block its own optimiser: "
+            f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}"
+        )
+    if t.data_parallel != 1:
+        raise ValueError(f"train.strategy = {t.strategy!r} runs with train.data_parallel = 1; got {t.data_parallel}")
+    blocks = t.blocks or size
+    if blocks < size:
+        raise ValueError(f"train.blocks ({blocks}) must be at least the number of ranks ({size}): every rank holds whole blocks")
+    if blocks > depth:
+        raise ValueError(f"train.blocks ({blocks}) must be at most network.depth ({depth}): every block holds a residual layer")
+    block_taus(t.tau, blocks)
+    if t.local_schedule == "multilap" and t.laps > t.epochs:
+        raise ValueError(
+            f"train.laps ({t.laps}) must be at most train.epochs ({t.epochs}): every lap trains every block at least one epoch"
+        )
+    return blocks
+
+
+def stages(schedule: str, blocks: int, epochs: int, laps: int) -> list[tuple[tuple[int, ...], int]]:
+    """``(blocks that train, epochs)`` in order: the whole schedule."""
+    if schedule == "parallel":
+        return [(tuple(range(blocks)), epochs)]
+    if schedule == "sequential":
+        return [((k,), epochs) for k in range(blocks)]
+    return [((k,), len(share)) for share in split_evenly(epochs, laps) for k in range(blocks)]
+
+
+class _Pipe:
+    """Block outputs to the next rank, the previous rank's from it: one :class:`~mgrit_resnet.comm.Channel` per message shape."""
+
+    def __init__(self, backend: Any, template: torch.Tensor) -> None:
+        self.backend, self.template = backend, template
+        self.left = backend.rank - 1 if backend.rank > 0 else None
+        self.right = backend.rank + 1 if backend.rank < backend.size - 1 else None
+        self._channels: dict[tuple[int, int, bool], comm_module.Channel] = {}
+
+    def _channel(self, purpose: int, rows: int, sending: bool) -> comm_module.Channel:
+        key = (purpose, rows, sending)
+        if key not in self._channels:
+            shape = (rows, *self.template.shape[1:])
+            template = self.template.new_empty(shape)
+            left, right = (None, self.right) if sending else (self.left, None)
+            self._channels[key] = comm_module.Channel(self.backend, left, right, 16 + 2 * rows + purpose, template)
+        return self._channels[key]
+
+    def recv(self, purpose: int, rows: int) -> torch.Tensor:
+        channel = self._channel(purpose, rows, False)
+        channel.post_recv()
+        return channel.wait_recv().clone()  # the buffer is reused; autograd keeps the input
+
+    def send(self, purpose: int, state: torch.Tensor) -> None:
+        self._channel(purpose, state.shape[0], True).send(state)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+class LocalTrainer:
+    """This rank's blocks, their optimisers and schedules, and the pipe to its neighbours.
+
+    Parameters
+    ----------
+    cfg
+        A validated config with ``train.strategy`` ``local`` or ``trgl``.
+    comm
+        An mpi4py communicator, or ``None`` for one rank.
+    seed
+        The network seed (default ``train.seed``).
+    """
+
+    def __init__(self, cfg: Any, comm: Any, seed: int | None = None) -> None:
+        self.backend = comm_module.backend_for(comm)
+        self.cfg, t = cfg, cfg.train
+        self.n_blocks = check_local(cfg, self.backend.size)
+        self.spec = NetworkSpec.from_config(cfg.network)
+        self.bounds = split_evenly(self.spec.depth, self.n_blocks)
+        self.owned = split_evenly(self.n_blocks, self.backend.size)
+        self.mine = self.owned[self.backend.rank]
+        device = resolve_device(self.spec, comm_module.local_rank(self.backend))
+        self.blocks = build_blocks(self.spec, t.seed if seed is None else seed, self.bounds, self.mine, device)
+        taus = block_taus(t.tau, self.n_blocks) if t.strategy == "trgl" else [float("inf")] * self.n_blocks
+        self.taus = taus
+        self.weights = {b.index: kinetic_weight(taus[b.index]) for b in self.blocks}
+        self.optimizers = {b.index: make_optimizer(t, list(b.parameters())) for b in self.blocks}
+        self.schedules = {k: make_schedule(t, opt) for k, opt in self.optimizers.items()}
+        width_shape = (self.spec.width,) if self.spec.kind == "dense" else (self.spec.width, self.spec.image_size, self.spec.image_size)
+        self.pipe = _Pipe(self.backend, torch.empty((1, *width_shape), dtype=self.spec.torch_dtype, device=device))
+
+    @property
+    def owned_layers(self) -> range:
+        return range(self.bounds[self.mine.start].start, self.bounds[self.mine.stop - 1].stop)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, training: tuple[int, ...], stats: np.ndarray) -> None:
+        """One optimiser step of every block in ``training`` on the batch ``(x, y)``; sums go to ``stats[k]``.
+
+        ``stats[k]`` collects (cross-entropy x rows, correct, kinetic energy x rows, rows).
+        """
+        last = max(training)
+        if self.mine.start > last:
+            return
+        state = x if self.mine.start == 0 else self.pipe.recv(_TRAIN, len(y))
+        for block in self.blocks:
+            if block.index > last:
+                break
+            if block.index in training:
+                state = self._update(block, state, y, stats)
+            else:
+                with torch.no_grad():
+                    state = block(state)[0]
+        if self.mine.stop - 1 < last:
+            self.pipe.send(_TRAIN, state)
+
+    def _update(self, block: Any, state: torch.Tensor, y: torch.Tensor, stats: np.ndarray) -> torch.Tensor:
+        optimizer, weight = self.optimizers[block.index], self.weights[block.index]
+        optimizer.zero_grad()
+        out, logits, kinetic = block(state)
+        y = y.to(logits.device)
+        cross_entropy = F.cross_entropy(logits, y)
+        loss = cross_entropy + weight * kinetic if weight else cross_entropy
+        loss.backward()
+        optimizer.step()
+        n = len(y)
+        stats[block.index] += (
+            float(cross_entropy.detach()) * n,
+            int((logits.detach().argmax(1) == y).sum()),
+            float(kinetic.detach()) * n,
+            n,
+        )
+        return out.detach()
+
+    @torch.no_grad()
+    def accuracies(self, x: torch.Tensor, y: torch.Tensor) -> list[float] | None:
+        """Collective: the accuracy of every head on ``(x, y)``, the same list on every rank."""
+        if len(y) == 0:
+            return None
+        correct = np.zeros(self.n_blocks)
+        for start in range(0, len(y), EVAL_BATCH):
+            rows = y[start : start + EVAL_BATCH]
+            state = x[start : start + EVAL_BATCH] if self.mine.start == 0 else self.pipe.recv(_EVAL, len(rows))
+            for block in self.blocks:
+                state, logits, _ = block(state)
+                correct[block.index] += int((logits.argmax(1).cpu() == rows).sum())
+            if self.pipe.right is not None:
+                self.pipe.send(_EVAL, state)
+        return list(np.sum(self.backend.allgather(correct), axis=0) / len(y))
+
+    def end_epoch(self, training: tuple[int, ...]) -> float | None:
+        """Step the schedules of the blocks that trained; the learning rate of the last of them (``None`` elsewhere)."""
+        lr = None
+        for k in training:
+            if k in self.schedules:
+                self.schedules[k].step()
+                lr = self.optimizers[k].param_groups[0]["lr"]
+        return lr
+
+    def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Collective: the network (keys of ``ODEResNet.state_dict()``) and the auxiliary heads, on every rank."""
+        network, heads = {}, {}
+        for part_network, part_heads in self.backend.allgather(
+            (
+                {k: v for b in self.blocks for k, v in b.network_state().items()},
+                {k: v for b in self.blocks for k, v in b.head_state().items()},
+            )
+        ):
+            network.update(part_network)
+            heads.update(part_heads)
+        return network, heads
+
+
+def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple[LocalTrainer, Any]:
+    """Check the config against the ranks, build this rank's blocks and load the data (raises ValueError on bad input)."""
+    trainer = LocalTrainer(cfg, comm, seed)
+    return trainer, load_dataset(cfg.data, cfg.network)
+
+
+def train(
+    cfg: Any,
+    comm: Any = None,
+    out: str | Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    prepared: tuple | None = None,
+) -> TrainResult:
+    """Train ``cfg.network`` block-wise; collective over ``comm``. Arguments as :func:`mgrit_resnet.training.loop.train`.
+
+    A metrics row is written after every epoch of every stage of the schedule
+    (``K x train.epochs`` rows for ``sequential`` and ``multilap``).
+    """
+    trainer, dataset = prepared if prepared is not None else prepare(cfg, comm)
+    t, backend, n_blocks = cfg.train, trainer.backend, trainer.n_blocks
+    dtype = trainer.spec.torch_dtype
+    train_x, val_x = dataset.train_x.to(dtype), dataset.val_x.to(dtype)
+    out = None if out is None else Path(out)
+    if out is not None and backend.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, out / "config.toml")
+        (out / "metrics.jsonl").write_text("")
+    plan = stages(t.local_schedule, n_blocks, t.epochs, t.laps)
+    total = sum(epochs for _, epochs in plan)
+    batches = dataset.batches(0, t.batch_size, t.seed)
+    metrics: list[dict[str, Any]] = []
+    started, block_epochs = time.perf_counter(), 0
+    epochs_done = [0] * n_blocks  # blocks that train together have trained equally long; this orders their batches
+    for stage, (training, epochs) in enumerate(plan):
+        for _ in range(epochs):
+            epoch_start, bytes_before = time.perf_counter(), backend.bytes_sent
+            order = np.random.default_rng([t.seed, epochs_done[training[0]], 1]).permutation(len(batches))
+            stats = np.zeros((n_blocks, 4))
+            for step, b in enumerate(order):
+                trainer.step(train_x[batches[b]], dataset.train_y[batches[b]], training, stats)
+                if on_step is not None:
+                    info = {"epoch": len(metrics) + 1, "epochs": total, "step": step + 1, "steps": len(batches)}
+                    on_step({**info, "loss": _last_loss(stats)})
+            lr = backend.allgather(trainer.end_epoch(training))
+            for k in training:
+                epochs_done[k] += 1
+            stats = np.sum(backend.allgather(stats), axis=0)
+            block_epochs += len(training)
+            heads = trainer.accuracies(val_x, dataset.val_y)
+            lr = [v for v in lr if v is not None][-1]
+            row = _row(len(metrics) + 1, stage, training, stats, heads, lr, block_epochs / (n_blocks * t.epochs))
+            row["epoch_time"] = max(backend.allgather(time.perf_counter() - epoch_start))
+            row["bytes_sent"] = backend.allgather(backend.bytes_sent - bytes_before)
+            metrics.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if out is not None and backend.rank == 0:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    summary = _summary(cfg, trainer, dataset, train_x, val_x, metrics, time.perf_counter() - started)
+    trainer.pipe.close()
+    network, heads = trainer.full_state()
+    if out is not None and backend.rank == 0:
+        checkpoint.save_atomically(
+            {"model": network, "heads": heads, "metrics": metrics, "epoch": t.epochs, "wall_time": summary["wall_time"]},
+            out / "checkpoint.pt",
+        )
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(summary, metrics)
+
+
+def _last_loss(stats: np.ndarray) -> float:
+    """The running loss of the deepest block that trained on this rank (the progress bar's figure)."""
+    trained = np.nonzero(stats[:, 3])[0]
+    return float(stats[trained[-1], 0] / stats[trained[-1], 3]) if len(trained) else float("nan")
+
+
+def _row(
+    epoch: int, stage: int, training: tuple[int, ...], stats: np.ndarray, heads: list[float] | None, lr: float, progress: float
+) -> dict:
+    k = max(training)
+    rows = np.where(stats[:, 3] > 0, stats[:, 3], np.nan)
+    per_block = lambda column: [None if np.isnan(v) else float(v) for v in stats[:, column] / rows]  # noqa: E731
+    return {
+        "epoch": epoch,
+        "stage": stage,
+        "blocks_trained": list(training),
+        "progress": progress,
+        "train_loss": float(stats[k, 0] / stats[k, 3]),
+        "train_accuracy": float(stats[k, 1] / stats[k, 3]),
+        "val_accuracy": None if heads is None else heads[-1],
+        "head_val_accuracy": heads,
+        "block_train_loss": per_block(0),
+        "block_train_accuracy": per_block(1),
+        "kinetic": per_block(2),
+        "lr": lr,
+    }
+
+
+def _summary(cfg, trainer, dataset, train_x, val_x, metrics, elapsed) -> dict[str, Any]:
+    backend, t = trainer.backend, cfg.train
+    train_heads = trainer.accuracies(train_x, dataset.train_y)
+    val_heads = trainer.accuracies(val_x, dataset.val_y)
+    best = None if val_heads is None else int(np.argmax(val_heads))
+    return {
+        "train_accuracy": train_heads[-1],
+        "val_accuracy": None if val_heads is None else val_heads[-1],
+        "final_loss": metrics[-1]["train_loss"] if metrics else None,
+        "epochs": t.epochs,
+        "wall_time": max(backend.allgather(elapsed)),
+        "ranks": backend.size,
+        "data_parallel": 1,
+        "strategy": t.strategy,
+        "owned_layers": backend.allgather([trainer.owned_layers.start, trainer.owned_layers.stop]),
+        "local_schedule": t.local_schedule,
+        "blocks": [[r.start, r.stop] for r in trainer.bounds],
+        "owned_blocks": [[r.start, r.stop] for r in trainer.owned],
+        "tau": None if t.strategy == "local" else trainer.taus,
+        "head_train_accuracy": train_heads,
+        "head_val_accuracy": val_heads,
+        "best_head": best,
+        "best_head_val_accuracy": None if best is None else val_heads[best],
+        "bytes_sent": backend.allgather(backend.bytes_sent),
+    }

@@ -1,0 +1,255 @@
+"""Block-wise local training (local, trgl; parallel, sequential, multilap) and the compare verb."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROOT, mpirun
+
+import mgrit_resnet as mr
+from mgrit_resnet.cli import main
+from mgrit_resnet.nn import ODEResNet
+from mgrit_resnet.training import local
+from mgrit_resnet.training.blocks import LocalBlock, block_taus, split_evenly
+
+TINY = str(ROOT / "examples" / "tiny_train.toml")
+TIMES = ("epoch_time", "bytes_sent")
+
+
+def config(**overrides):
+    return mr.load_config(TINY, {f"train.{k}": v for k, v in overrides.items()})
+
+
+def run(**overrides):
+    """Train in-process; the result, the trainer and its final network and heads."""
+    cfg = config(**overrides)
+    prepared = local.prepare(cfg, None)
+    result = local.train(cfg, None, prepared=prepared)
+    return result, prepared[0], *prepared[0].full_state()
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
+
+
+def test_blocks_split_the_layers_contiguously_and_default_taus():
+    assert split_evenly(13, 4) == [range(0, 4), range(4, 7), range(7, 10), range(10, 13)]
+    assert split_evenly(4, 4) == [range(k, k + 1) for k in range(4)]
+    assert block_taus(0.4, 4) == [0.2, 0.2, 0.4, 0.4]
+    assert block_taus(0.4, 3) == [0.2, 0.4, 0.4]
+    assert block_taus([1.0, 2.0], 2) == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"train.tau as a list needs one value per block \(3\); got 2 values"):
+        block_taus([1.0, 2.0], 3)
+
+
+def test_kinetic_term_equals_a_hand_computation():
+    spec = mr.nn.NetworkSpec(kind="dense", in_features=2, width=2, depth=4, t_final=2.0, n_classes=3, dtype="float64")
+    block = LocalBlock(spec, 1, range(1, 3), last=False, seed=5, device=torch.device("cpu"))
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.7, 0.1]], dtype=torch.float64)
+    h, expected, state = 0.5, 0.0, x.clone()
+    for layer in block.layers:
+        w, b = layer.weight.detach(), layer.bias.detach()
+        rows = []
+        for sample in state:
+            rows.append([h * math.tanh(sum(w[i, j] * sample[j] for j in range(2)) + b[i]) for i in range(2)])
+        g = torch.tensor(rows, dtype=torch.float64)
+        expected += float((g**2).sum()) / 6  # mean over 3 samples x 2 features
+        state = state + g
+    out, logits, kinetic = block(x)
+    assert float(kinetic.detach()) == pytest.approx(expected, rel=1e-14)
+    torch.testing.assert_close(out, state, rtol=1e-14, atol=1e-14)
+    assert logits.shape == (3, 3)
+
+
+def test_trgl_step_minimises_cross_entropy_plus_the_kinetic_penalty():
+    """One SGD step of a one-block trgl network moves the parameters along the hand-made loss's gradient."""
+    cfg = config(strategy="trgl", blocks=1, tau=0.25, optimizer="sgd", momentum=0.0, lr=0.1)
+    trainer, data = local.prepare(cfg, None)
+    block = trainer.blocks[0]
+    x, y = data.train_x[:10], data.train_y[:10]
+    before = {k: v.detach().clone() for k, v in block.named_parameters()}
+    _, logits, kinetic = block(x)
+    loss = torch.nn.functional.cross_entropy(logits, y) + kinetic / (2 * 0.25)
+    grads = dict(zip(before, torch.autograd.grad(loss, list(block.parameters()))))
+    stats = torch.zeros(1, 4, dtype=torch.float64).numpy()
+    trainer.step(x, y, (0,), stats)
+    for name, p in block.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name] - 0.1 * grads[name], rtol=1e-12, atol=1e-14)
+    assert stats[0, 3] == 10 and stats[0, 2] == pytest.approx(10 * float(kinetic), rel=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_trgl_with_infinite_tau_is_local_exactly(schedule):
+    plain, _, net_plain, heads_plain = run(strategy="local", blocks=3, local_schedule=schedule)
+    inf, _, net_inf, heads_inf = run(strategy="trgl", blocks=3, local_schedule=schedule, tau=float("inf"))
+    assert without_times(inf.metrics) == without_times(plain.metrics)
+    for key, value in {**net_plain, **heads_plain}.items():
+        assert torch.equal({**net_inf, **heads_inf}[key], value), key
+    # A large finite tau approaches it (the penalty weight 1/(2 tau) -> 0).
+    _, _, net_big, _ = run(strategy="trgl", blocks=3, local_schedule=schedule, tau=1e12)
+    for key, value in net_plain.items():
+        torch.testing.assert_close(net_big[key], value, rtol=1e-9, atol=1e-12)
+    # A small tau does change the network.
+    _, _, net_small, _ = run(strategy="trgl", blocks=3, local_schedule=schedule, tau=1e-3)
+    assert not torch.equal(net_small["layers.0.weight"], net_plain["layers.0.weight"])
+
+
+def test_no_gradient_crosses_a_block_boundary_in_parallel_mode():
+    cfg = config(strategy="local", blocks=3)
+    grads, inputs = [], []
+    for perturb in (False, True):
+        trainer, data = local.prepare(cfg, None)
+        if perturb:  # another loss for the last block only
+            with torch.no_grad():
+                trainer.blocks[2].head.weight.mul_(-3.0)
+        seen = []
+        for block in trainer.blocks:
+            block.register_forward_pre_hook(lambda module, args, seen=seen: seen.append((module.index, args[0])))
+        captured = {}
+        for block in trainer.blocks:
+            for name, p in block.named_parameters():
+                p.register_hook(lambda g, key=(block.index, name), captured=captured: captured.__setitem__(key, g.clone()))
+        trainer.step(data.train_x[:25], data.train_y[:25], (0, 1, 2), torch.zeros(3, 4).numpy())
+        grads.append(captured)
+        inputs.append(seen)
+    for index, x in inputs[0][1:]:
+        assert x.grad_fn is None and not x.requires_grad, f"block {index} received an input attached to block {index - 1}'s graph"
+    for key, g in grads[0].items():
+        if key[0] < 2:
+            assert torch.equal(grads[1][key], g), f"block {key[0]}'s gradient depends on block 2's loss ({key[1]})"
+    assert not torch.equal(grads[1][(2, "layers.0.weight")], grads[0][(2, "layers.0.weight")])
+
+
+def test_the_stack_of_blocks_is_the_odeResNet_and_the_checkpoint_loads_into_it(tmp_path):
+    cfg = config(strategy="local", blocks=4)
+    trainer, data = local.prepare(cfg, None)
+    reference = ODEResNet.from_config(cfg.network, seed=cfg.train.seed)
+    network, heads = trainer.full_state()
+    assert list(network) == list(reference.state_dict()) and sorted(heads) == [
+        f"heads.{k}.{p}" for k in range(3) for p in ("bias", "weight")
+    ]
+    for key, value in reference.state_dict().items():
+        assert torch.equal(network[key], value), key
+    state = data.val_x
+    for block in trainer.blocks:
+        state, logits, _ = block(state)
+    assert torch.equal(logits, reference(data.val_x))
+    # After training, the written checkpoint is an ODEResNet with the reported accuracy.
+    assert main(["train", TINY, "--set", "train.strategy=trgl", "--set", "train.blocks=4", "--out", str(tmp_path)]) == 0
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    reference.load_state_dict(saved["model"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    accuracy = float((reference(data.val_x).argmax(1) == data.val_y).double().mean())
+    assert accuracy == summary["val_accuracy"] == summary["head_val_accuracy"][-1]
+    assert summary["best_head_val_accuracy"] == max(summary["head_val_accuracy"])
+    assert summary["blocks"] == [[0, 4], [4, 7], [7, 10], [10, 13]] and summary["tau"] == [0.05, 0.05, 0.1, 0.1]
+
+
+def test_schedules_spend_the_same_budget_per_block():
+    assert local.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
+    assert local.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]
+    assert local.stages("multilap", 2, 5, 2) == [((0,), 3), ((1,), 3), ((0,), 2), ((1,), 2)]
+    result = run(strategy="local", blocks=3, local_schedule="multilap", laps=2, epochs=2)[0]
+    assert [r["blocks_trained"] for r in result.metrics] == [[0], [1], [2], [0], [1], [2]]
+    assert result.metrics[-1]["progress"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def by_ranks(tmp_path_factory):
+    out = {}
+    for n in (1, 2, 3, 4):
+        path = tmp_path_factory.mktemp("local") / f"r{n}.pt"
+        mpirun(n, ["python", "tests/mpi/local_training.py", str(path)], timeout=180)
+        out[n] = torch.load(path, weights_only=False)
+    return out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("schedule", ["parallel", "sequential", "multilap"])
+def test_every_rank_count_gives_the_one_process_result(by_ranks, schedule):
+    reference, _, network, heads = run(strategy="trgl", blocks=4, local_schedule=schedule, epochs=2, tau=0.05)
+    for n, report in by_ranks.items():
+        got = report[schedule]
+        assert got["metrics"] == without_times(reference.metrics), f"{n} ranks"
+        owned = got["summary"]["owned_blocks"]
+        assert got["summary"]["ranks"] == n and len(owned) == n and owned[0][0] == 0 and owned[-1][1] == 4
+        assert got["summary"]["head_val_accuracy"] == reference.summary["head_val_accuracy"]
+        for key, value in {**network, **heads}.items():
+            assert torch.equal({**got["network"], **got["heads"]}[key], value), f"{n} ranks: {key}"
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.strategy=local", "train.blocks=14"], "train.blocks (14) must be at most network.depth (13)"),
+        (
+            ["train.strategy=trgl", "train.blocks=3", "train.tau=[1.0, 2.0]"],
+            "train.tau as a list needs one value per block (3); got 2 values",
+        ),
+        (["train.strategy=trgl", "train.tau=0"], "train.tau must be a real number > 0; got 0.0"),
+        (["train.strategy=local", "train.optimizer=lbfgs"], "train.optimizer must be 'sgd' or 'adam'; got 'lbfgs'"),
+        (["train.strategy=local", "train.local_schedule=multilap", "train.laps=3"], "train.laps (3) must be at most train.epochs (2)"),
+        (
+            ["train.strategy=local", "train.local_schedule=greedy"],
+            "train.local_schedule must be one of 'parallel', 'sequential', 'multilap'",
+        ),
+    ],
+)
+def test_local_bad_input(sets, message, capsys):
+    args = ["train", TINY]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_local_refuses_resume(tmp_path, capsys):
+    assert main(["train", TINY, "--set", "train.strategy=local", "--out", str(tmp_path), "--resume"]) == 2
+    assert "--resume is not available for train.strategy = 'local'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "strategies, message",
+    [
+        ("serial,foo", "--strategies: unknown strategy 'foo'; allowed: serial, exact, one_shot, local, trgl"),
+        ("local,local", "--strategies names a strategy twice"),
+        (",", "--strategies takes a comma-separated list"),
+    ],
+)
+def test_compare_bad_strategies(strategies, message, capsys):
+    assert main(["compare", TINY, "--strategies", strategies]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_compare_bad_input_under_mpiexec_exits_2_on_every_rank():
+    args = ["python", "-m", "mgrit_resnet", "compare", TINY, "--strategies", "serial,local", "--set", "train.blocks=1"]
+    proc = mpirun(2, args, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("train.blocks (1) must be at least the number of ranks (2)") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_compare_end_to_end_at_two_ranks(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["python", "-m", "mgrit_resnet", "compare", TINY, "--strategies", "serial,one_shot,local,trgl", "--set", "train.blocks=3"]
+    proc = mpirun(2, [*args, "--out", str(out)], timeout=240)
+    assert proc.stdout.count("| trgl |") == 1, "only rank 0 prints"
+    results = json.loads((out / "compare.json").read_text())
+    assert [r["strategy"] for r in results] == ["serial", "one_shot", "local", "trgl"]
+    assert (out / "compare.png").stat().st_size > 20_000 and "| local |" in (out / "compare.md").read_text()
+    assert (out / "compare.csv").read_text().count("\n") == 5
+    for r in results:
+        assert r["ranks"] == 2 and len(r["peak_memory_mib"]) == 2 and min(r["peak_memory_mib"]) > 10
+        assert r["memory_measure"] == "VmHWM"
+    by_name = {r["strategy"]: r for r in results}
+    assert by_name["one_shot"]["bytes_sent"][0] > 0 and by_name["serial"]["bytes_sent"] == [0, 0]
+    assert len(by_name["trgl"]["head_val_accuracy"]) == 3 and by_name["serial"]["head_val_accuracy"] is None
+    # The same numbers as the train verb with the same config.
+    for name in ("serial", "trgl"):
+        assert main(["train", TINY, "--set", f"train.strategy={name}", "--set", "train.blocks=3", "--out", str(tmp_path / name)]) == 0
+        assert json.loads((tmp_path / name / "summary.json").read_text())["val_accuracy"] == by_name[name]["val_accuracy"]
+    # local blocks only pass activations forward: rank 0 sends one state per sample and epoch (plus evaluation), rank 1 nothing.
+    assert by_name["local"]["bytes_sent"][1] == 0 and by_name["local"]["bytes_sent"][0] > 0
