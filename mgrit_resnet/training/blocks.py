@@ -77,9 +77,9 @@ class LocalBlock(nn.Module):
         state = open_state(spec, self.opening, x.to(self.opening.weight)) if self.opening is not None else x
         kinetic = state.new_zeros(())
         for layer in self.layers:
-            displacement = h * act.apply(ops.pre(state, layer.weight, layer.bias))
-            kinetic = kinetic + displacement.square().mean()
-            state = state + displacement  # the same arithmetic as residual_step, so the stack is bitwise ODEResNet
+            activation = act.apply(ops.pre(state, layer.weight, layer.bias))
+            kinetic = kinetic + (h * activation).square().mean()  # the displacement g = h * sigma(W x + b)
+            state = torch.add(state, activation, alpha=h)  # as residual_step, so the stack is bitwise ODEResNet
         return state, classify(spec, self.head, state), kinetic
 
     def network_state(self) -> dict[str, torch.Tensor]:
