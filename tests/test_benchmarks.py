@@ -79,3 +79,36 @@ def test_layer_parallel_benchmark_runs_at_one_and_two_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     assert "2-rank speedup" in proc.stdout and set(figures) >= {"runs", "targets", "best_speedup"}
+
+
+@pytest.mark.mpi
+def test_validate_model_runs_and_reports_model_measurement_and_clock(tmp_path):
+    out = tmp_path / "validate.json"
+    args = ["--quick", "--ranks", "1,2", "--measured-ranks", "1", "--repeats", "1", "--rounds", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "validate_model.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["alpha"] > 0 and report["beta"] >= 0
+    for case in ("heat1d", "one_shot"):
+        rows = report["cases"][case]["rows"]
+        assert [r["ranks"] for r in rows] == [1, 2]
+        assert rows[0]["measured"] > 0 and rows[1]["measured"] is None
+        assert all(r["model"] > 0 and r["virtual_clock"] > 0 for r in rows)
+        assert rows[1]["model"] < rows[0]["model"]
+    assert "largest deviation of the model" in proc.stdout
+
+
+def test_scaling_prediction_picks_the_fastest_hierarchy(tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    load(ROOT / "benchmarks" / "scaling_prediction.py").main(
+        ["--depths", "48", "--widths", "4", "--ranks", "1,2,4,32", "--search-ranks", "4", "--json", str(out)]
+    )
+    (case,) = json.loads(out.read_text())["cases"]
+    best = min(case["search"], key=lambda s: s["time"])
+    assert case["hierarchy"] == best["hierarchy"]
+    rows = case["rows"]
+    assert [r["ranks"] for r in rows] == [1, 2, 4, 32] and rows[-1]["time"] is None  # 48 layers cannot use 32 ranks
+    assert rows[2]["time"] == pytest.approx(best["time"], rel=1e-12)  # the same calibration, a deterministic simulation
+    assert "best:" in capsys.readouterr().out
