@@ -24,6 +24,10 @@ class SimulationError(RuntimeError):
     """A simulated rank failed, or the ranks wait for each other for ever."""
 
 
+class _PeerFailed(SimulationError):
+    """This rank stopped because another one failed (not the cause)."""
+
+
 class _Done:
     def Wait(self) -> None:
         pass
@@ -40,7 +44,7 @@ class _Receive:
             waited = 0.0
             while not box[self._key]:
                 if world._failed.is_set():
-                    raise SimulationError("another simulated rank failed")
+                    raise _PeerFailed("another simulated rank failed")
                 if waited > world.deadlock_seconds:
                     source, tag = self._key
                     raise SimulationError(f"rank {self._rank} waited {waited:.0f} s for a message from rank {source} (tag {tag})")
@@ -82,7 +86,7 @@ class ThreadBackend:
         try:
             self._world._barrier.wait()
         except threading.BrokenBarrierError:
-            raise SimulationError("another simulated rank failed") from None
+            raise _PeerFailed("another simulated rank failed") from None
 
     def allreduce_sum(self, value: float) -> float:
         return sum(self.allgather(value))
@@ -158,8 +162,10 @@ class ThreadWorld:
             threading.stack_size(previous)
         for thread in threads:
             thread.join()
-        first = next((e for e in errors if e is not None and not isinstance(e, SimulationError)), None)
-        first = first or next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
+        # The cause, not its echoes: another exception first, then a deadlock, then "another rank failed".
+        failures = [e for e in errors if e is not None]
+        for wanted in (lambda e: not isinstance(e, SimulationError), lambda e: not isinstance(e, _PeerFailed), lambda e: True):
+            cause = next((e for e in failures if wanted(e)), None)
+            if cause is not None:
+                raise cause
         return results

@@ -76,7 +76,7 @@ def test_trgl_step_minimises_cross_entropy_plus_the_kinetic_penalty():
     trainer.step(x, y, (0,), stats)
     for name, p in block.named_parameters():
         torch.testing.assert_close(p.detach(), before[name] - 0.1 * grads[name], rtol=1e-12, atol=1e-14)
-    assert stats[0, 3] == 10 and stats[0, 2] == pytest.approx(10 * float(kinetic), rel=1e-12)
+    assert stats[0, 3] == 10 and stats[0, 2] == pytest.approx(10 * float(kinetic.detach()), rel=1e-12)
 
 
 @pytest.mark.parametrize("schedule", ["parallel", "sequential"])
