@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measured-ranks", default="1,2", help="rank counts whose wall time is measured")
     parser.add_argument("--cases", default="heat1d,one_shot", help=f"among {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per launch (median)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of calibration and runs (medians over rounds)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of calibration and runs (medians over rounds)")
     parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
     parser.add_argument("--quick", action="store_true", help="small cases (a smoke test, not a measurement)")
     parser.add_argument("--worker", choices=("network", "wall", "clock"), help=argparse.SUPPRESS)

@@ -146,6 +146,21 @@ def test_the_stack_of_blocks_is_the_odeResNet_and_the_checkpoint_loads_into_it(t
     assert summary["blocks"] == [[0, 4], [4, 7], [7, 10], [10, 13]] and summary["tau"] == [0.05, 0.05, 0.1, 0.1]
 
 
+def test_a_checkpoint_is_written_after_every_epoch(tmp_path):
+    cfg = config(strategy="local", blocks=2, local_schedule="sequential")
+    seen = []
+
+    def on_epoch(row):  # the checkpoint of the epochs before this one is on disk already
+        if seen:
+            saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+            assert saved["epoch"] == len(seen) and [r["epoch"] for r in saved["metrics"]] == seen
+        seen.append(row["epoch"])
+
+    result = local.train(cfg, None, tmp_path, on_epoch=on_epoch)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert len(seen) == 2 * cfg.train.epochs and saved["epoch"] == len(result.metrics) == len(seen)
+
+
 def test_schedules_spend_the_same_budget_per_block():
     assert local.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
     assert local.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]

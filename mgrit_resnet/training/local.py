@@ -277,19 +277,26 @@ def train(
             metrics.append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            if out is not None and backend.rank == 0:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            if out is not None:
+                if backend.rank == 0:
+                    with open(out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                _save(out, trainer, metrics, time.perf_counter() - started)  # nothing finished is lost
     summary = _summary(cfg, trainer, dataset, train_x, val_x, metrics, time.perf_counter() - started)
     trainer.pipe.close()
-    network, heads = trainer.full_state()
-    if out is not None and backend.rank == 0:
-        checkpoint.save_atomically(
-            {"model": network, "heads": heads, "metrics": metrics, "epoch": t.epochs, "wall_time": summary["wall_time"]},
-            out / "checkpoint.pt",
-        )
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out is not None:
+        _save(out, trainer, metrics, summary["wall_time"])
+        if backend.rank == 0:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(summary, metrics)
+
+
+def _save(out: Path, trainer: LocalTrainer, metrics: list[dict[str, Any]], wall_time: float) -> None:
+    """Collective: the network and the heads so far, written atomically by rank 0 to ``out/checkpoint.pt``."""
+    network, heads = trainer.full_state()
+    if trainer.backend.rank == 0:
+        state = {"model": network, "heads": heads, "metrics": metrics, "epoch": len(metrics), "wall_time": wall_time}
+        checkpoint.save_atomically(state, out / "checkpoint.pt")
 
 
 def _last_loss(stats: np.ndarray) -> float:
