@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -182,11 +183,7 @@ def simulate_solve(
 
 
 def _sum_calls(parts: Any) -> dict[int, int]:
-    total: dict[int, int] = {}
-    for calls in parts:
-        for level, n in calls.items():
-            total[level] = total.get(level, 0) + n
-    return total
+    return dict(sum((Counter(calls) for calls in parts), Counter()))
 
 
 def simulate_training_step(
@@ -242,15 +239,14 @@ def simulate_training_step(
 
 def _fetch_weights(backend: ClockedBackend, plan: list[list[int]], layer_bounds: list[int]) -> None:
     """The network's exchange of the layers other ranks' coarse steps use (one message per layer)."""
-    from .nn.parallel import WEIGHT_TAG
+    from .nn.parallel import WEIGHT_TAG, owner_of_layer
 
     if backend.size == 1 or not any(plan):
         return
-    me = backend.rank
-    owner = {n: p for p in range(backend.size) for n in range(layer_bounds[p], layer_bounds[p + 1])}
-    sends = [backend.isend(np.zeros(1), rank, WEIGHT_TAG) for rank, layers in enumerate(plan) for n in layers if owner[n] == me != rank]
+    me, mine = backend.rank, range(layer_bounds[backend.rank], layer_bounds[backend.rank + 1])
+    sends = [backend.isend(np.zeros(1), rank, WEIGHT_TAG) for rank, layers in enumerate(plan) for n in layers if n in mine and rank != me]
     for n in plan[me]:
-        backend.irecv(np.zeros(1), owner[n], WEIGHT_TAG).Wait()
+        backend.irecv(np.zeros(1), owner_of_layer(n, layer_bounds), WEIGHT_TAG).Wait()
     for request in sends:
         request.Wait()
 

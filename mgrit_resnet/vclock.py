@@ -107,15 +107,15 @@ class _Send:
 
 
 class _Recv:
-    def __init__(self, backend: ClockedBackend, data: Request, stamp: Request, stamp_buffer: np.ndarray, nbytes: int) -> None:
-        self._backend = backend
+    def __init__(self, clock: VirtualClock, data: Request, stamp: Request, stamp_buffer: np.ndarray, nbytes: int) -> None:
+        self._clock = clock
         self._data = data
         self._stamp = stamp
         self._stamp_buffer = stamp_buffer
         self._nbytes = nbytes
 
     def Wait(self) -> None:
-        clock = self._backend.clock
+        clock = self._clock
         clock.now()
         _wait(clock, self._data)
         _wait(clock, self._stamp)
@@ -163,7 +163,7 @@ class ClockedBackend:
         data = self.inner.irecv(buffer, source, tag)
         stamp_request = self.inner.irecv(stamp, source, tag + STAMP_TAG_OFFSET)
         self.clock.resume()
-        return _Recv(self, data, stamp_request, stamp, self._message_bytes(buffer, tag))
+        return _Recv(self.clock, data, stamp_request, stamp, self._message_bytes(buffer, tag))
 
     def _synchronise(self, nbytes: int, operation: Callable[[], Any], root: int | None = None) -> Any:
         """Run a collective ``operation``; the clock ends at the latest (or root's) clock plus its cost."""

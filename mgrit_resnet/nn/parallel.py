@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections.abc import Hashable
@@ -34,6 +35,11 @@ def layer_partition(depth: int, size: int) -> tuple[list[int], list[int], list[i
     layers = [0] + [a - 1 for a in fwd[1:]]
     adj = [0] + [depth + 2 - fwd[size - q] for q in range(1, size)] + [points]
     return fwd, adj, layers
+
+
+def owner_of_layer(layer: int, layer_bounds: list[int]) -> int:
+    """The rank whose block ``[layer_bounds[p], layer_bounds[p + 1])`` holds ``layer``."""
+    return bisect.bisect_right(layer_bounds, layer) - 1
 
 
 def foreign_layers(hierarchy: Any, layer_bounds: list[int]) -> list[list[int]]:
@@ -203,7 +209,7 @@ class LayerParallel(nn.Module):
     def layer_owner(self, layer: int) -> int:
         """The rank that holds residual layer ``layer``."""
         check_int("layer", layer, minimum=0, maximum=self.spec.depth - 1)
-        return next(p for p in range(self.backend.size) if self._layer_bounds[p] <= layer < self._layer_bounds[p + 1])
+        return owner_of_layer(layer, self._layer_bounds)
 
     def _owned_parameters(self) -> list[nn.Parameter]:
         return [p for n in self.owned_layers for p in (self.layers[str(n)].weight, self.layers[str(n)].bias)]
