@@ -52,6 +52,9 @@ class StepCosts:
         One adjoint step, by level (training only).
     overhead
         Solver bookkeeping per step.
+    scale
+        Factor the timed parts were scaled by so that they add up to the
+        one-rank time (1 unless, timed alone, they added up to more).
     per_layer
         Parameter gradient and optimiser update of one owned layer (training).
     replicated
@@ -59,6 +62,8 @@ class StepCosts:
         classifier, loss and their gradients.
     state_bytes, weight_bytes
         Size of one state (a message) and of one layer's parameters.
+    layers
+        Layers ``per_layer`` is paid for on one rank (training).
     """
 
     forward: list[float]
@@ -68,6 +73,8 @@ class StepCosts:
     replicated: float = 0.0
     state_bytes: int = 8
     weight_bytes: int = 0
+    layers: int = 0
+    scale: float = 1.0
 
 
 @dataclass
@@ -263,11 +270,34 @@ def cpu_seconds(work: Callable[[], Any], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def _fit_overhead(measured: float, fixed: float, costs: Sequence[tuple[dict[int, int], Sequence[float]]]) -> float:
-    """Bookkeeping per step: the part of ``measured`` that neither the steps nor ``fixed`` explain."""
-    steps = sum(n for calls, _ in costs for n in calls.values())
-    charged = sum(n * per_level[min(level, len(per_level) - 1)] for calls, per_level in costs for level, n in calls.items())
-    return max((measured - fixed - charged) / steps, 0.0) if steps else 0.0
+def _fit_to_whole(measured: float, costs: StepCosts, calls: Sequence[tuple[dict[int, int], str]]) -> None:
+    """Make ``costs`` add up to the ``measured`` one-rank time.
+
+    What the timed parts leave unexplained is the solver's bookkeeping, spread
+    evenly over the steps.  When the parts explain more than the whole (each
+    is timed alone, at another moment, on a machine whose speed drifts), every
+    part is scaled down by the same factor instead: the whole is the better
+    measure of one rank's speed, and the schedule depends on the parts' ratios.
+    """
+    steps = sum(n for counts, _ in calls for n in counts.values())
+
+    def cost(kind: str, level: int) -> float:
+        per_level = getattr(costs, kind) or costs.forward
+        return per_level[min(level, len(per_level) - 1)]
+
+    charged = sum(n * cost(kind, level) for counts, kind in calls for level, n in counts.items())
+    fixed = costs.replicated + costs.per_layer * costs.layers
+    excess = measured - fixed - charged
+    if excess >= 0 or charged + fixed <= 0:
+        costs.overhead = excess / steps if steps and excess > 0 else 0.0
+        return
+    scale = measured / (charged + fixed)
+    costs.forward = [c * scale for c in costs.forward]
+    costs.adjoint = [c * scale for c in costs.adjoint]
+    costs.per_layer *= scale
+    costs.replicated *= scale
+    costs.overhead = 0.0
+    costs.scale = scale
 
 
 def calibrate_solve(cfg: Any, repeats: int = 3) -> Calibration:
@@ -296,7 +326,7 @@ def calibrate_solve(cfg: Any, repeats: int = 3) -> Calibration:
     serial_time = cpu_seconds(lambda: MGRIT(problem, **{**options, "levels": 1}).solve(), repeats)
     costs = StepCosts(forward=per_level, state_bytes=state_bytes)
     _, calls = simulate_solve(problem.n_steps, options, 1, costs, (0.0, 0.0), result.iterations)
-    costs.overhead = _fit_overhead(mgrit_time, 0.0, [(calls, per_level)])
+    _fit_to_whole(mgrit_time, costs, [(calls, "forward")])
     return Calibration(costs, serial_time, mgrit_time, (result.iterations, 0), f"MGRIT solve of {cfg.problem.kind}")
 
 
@@ -389,11 +419,11 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
         replicated=replicated,
         state_bytes=x0.numel() * x0.element_size(),
         weight_bytes=weight_bytes,
+        layers=depth,
     )
     options = _solver_options(cfg)
     _, calls = simulate_training_step(depth, options, 1, costs, (0.0, 0.0), t.fwd_iters, t.bwd_iters)
-    fixed = replicated + depth * costs.per_layer
-    costs.overhead = _fit_overhead(one_rank_time, fixed, [(calls["forward"], forward), (calls["adjoint"], adjoint_costs)])
+    _fit_to_whole(one_rank_time, costs, [(calls["forward"], "forward"), (calls["adjoint"], "adjoint")])
     return Calibration(costs, serial_time, one_rank_time, (t.fwd_iters, t.bwd_iters), "one-shot training step")
 
 

@@ -129,6 +129,23 @@ def test_model_of_a_pipelined_sequential_sweep():
     assert time == 8 * c + (alpha + beta * nbytes) + 3 * (alpha + beta * 8)
 
 
+@pytest.mark.parametrize("measured", [120.0, 44.0])  # more than the timed parts explain, and less
+def test_calibration_fit_reproduces_the_one_rank_time(measured):
+    costs = perfmodel.StepCosts(forward=[1.0, 4.0])
+    _, calls = perfmodel.simulate_solve(8, TWO_LEVEL, 1, costs, (0.0, 0.0), iterations=2)
+    charged = calls[0] * 1.0 + calls[1] * 4.0
+    perfmodel._fit_to_whole(measured, costs, [(calls, "forward")])
+    time, _ = perfmodel.simulate_solve(8, TWO_LEVEL, 1, costs, (0.0, 0.0), iterations=2)
+    assert time == pytest.approx(measured, rel=1e-12)
+    assert (measured > charged) == (measured == 120.0)
+    if measured > charged:  # bookkeeping on every step, the steps as timed
+        assert costs.forward == [1.0, 4.0] and costs.scale == 1.0
+        assert costs.overhead == pytest.approx((measured - charged) / sum(calls.values()))
+    else:  # the timed parts shrunk together, their ratio kept
+        assert costs.overhead == 0.0 and costs.scale == pytest.approx(measured / charged)
+        assert costs.forward[1] / costs.forward[0] == pytest.approx(4.0)
+
+
 def test_adjoint_partition_does_not_chain_the_ranks():
     """Blocks that start inside F-intervals relax their own intervals without waiting for each other."""
     from mgrit_resnet.nn.parallel import layer_partition
