@@ -71,6 +71,18 @@ def test_residual_history_and_solution_match_serial(runs, serial, n, name):
 
 
 @pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("name", ["heat_V3", "heat_F3_list", "dahlquist_complex_skip"])
+def test_a_restart_from_the_c_points_alone_is_the_same_solve(runs, n, name):
+    case = runs[n]["restart"][name]
+    factory, options = CASES[name]
+    m = options["coarsening"][0] if isinstance(options["coarsening"], list) else options["coarsening"]
+    assert case["kept_points"] == list(range(0, factory().n_steps + 1, m))
+    assert case["kept"]["initial_residual"] == case["full"]["initial_residual"]
+    assert case["kept"]["residuals"] == case["full"]["residuals"]
+    assert case["kept"]["states"] == case["full"]["states"]
+
+
+@pytest.mark.parametrize("n", RANKS)
 @pytest.mark.parametrize("key", ["coarsening", "levels", "relax", "cycle"])
 def test_bad_input_same_error_on_every_rank(runs, n, key):
     messages = runs[n]["errors"][key]

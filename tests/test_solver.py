@@ -56,6 +56,21 @@ def test_warm_start_from_a_converged_solution_needs_no_iteration():
     assert again.initial_residual <= 1e-10
 
 
+def test_restart_states_keep_what_a_warm_start_reads():
+    problem = mr.problems.Heat1D(nx=8, t_final=1.0, n_steps=48)
+    options = dict(levels=3, coarsening=4, relax="FCF", tol=0.0, max_iter=1)
+    first = mr.MGRIT(problem, **options).solve()
+    kept = mr.MGRIT(problem, **options).restart_states(first)
+    assert [i for i, s in enumerate(kept) if s is not None] == list(range(0, 49, 4))
+    full = mr.MGRIT(problem, **options).solve(initial_guess=first.states)
+    restarted = mr.MGRIT(problem, **options).solve(initial_guess=kept)
+    assert restarted.residuals == full.residuals and restarted.initial_residual == full.initial_residual
+    np.testing.assert_array_equal(np.array(restarted.states), np.array(full.states))
+    # Taken as it is, a warm start reads its F-points too: all are kept.
+    as_is = mr.MGRIT(problem, **options, relax_warm_start=False)
+    assert all(s is not None for s in as_is.restart_states(first))
+
+
 def test_warm_start_must_match_the_owned_points():
     with pytest.raises(ValueError, match=r"initial_guess must hold one state per owned point \(65 on rank 0\); got 3"):
         mr.MGRIT(heat()).solve(initial_guess=[np.zeros(12)] * 3)

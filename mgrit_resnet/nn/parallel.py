@@ -333,6 +333,9 @@ class LayerParallel(nn.Module):
     def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
         """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
 
+        A trajectory holds ``None`` at the points a warm start does not read
+        (see :meth:`MGRIT.restart_states`).
+
         Independent of the rank count; :meth:`load_warm_state_dict` takes them
         back at any rank count, so a resumed one-shot run continues exactly.
         """
@@ -340,7 +343,7 @@ class LayerParallel(nn.Module):
         adj_start = self._adjoint_solver.hierarchy.fine_block(self._adjoint_solver.backend.rank).start
 
         def host(states):
-            return None if states is None else [s.detach().cpu() for s in states]
+            return None if states is None else [None if s is None else s.detach().cpu() for s in states]
 
         local = {key: (w.fingerprint, fwd_start, host(w.forward), adj_start, host(w.adjoint)) for key, w in self._warm.items()}
         merged: dict[Hashable, dict[str, Any]] = {}
@@ -363,7 +366,7 @@ class LayerParallel(nn.Module):
         adj = self._adjoint_solver.hierarchy.fine_block(self._adjoint_solver.backend.rank)
 
         def mine(trajectory, block):
-            return None if trajectory is None else [trajectory[i].to(self.device) for i in block]
+            return None if trajectory is None else [None if trajectory[i] is None else trajectory[i].to(self.device) for i in block]
 
         self._warm = {
             key: _WarmStart(tuple(entry["fingerprint"]), mine(entry["forward"], fwd), mine(entry["adjoint"], adj))
@@ -406,7 +409,7 @@ class _LayerParallelFunction(torch.autograd.Function):
         weights, weight_bytes = par._weights()
         problem, result = _forward(par, par._forward_solver, x0.detach(), weights, par._ops, None if warm is None else warm.forward)
         if warm is not None:
-            warm.forward = result.states
+            warm.forward = par._forward_solver.restart_states(result)
         final = _final_state(par, result, x0)
         par.stats = CallStats(forward=_summary(result), weight_bytes=weight_bytes)
         ctx.par, ctx.problem, ctx.warm = par, problem, warm
@@ -417,7 +420,7 @@ class _LayerParallelFunction(torch.autograd.Function):
         par, problem, warm = ctx.par, ctx.problem, ctx.warm
         lam0, grads, result = _adjoint(par, par._adjoint_solver, problem, grad_final, None if warm is None else warm.adjoint)
         if warm is not None:
-            warm.adjoint = result.states
+            warm.adjoint = par._adjoint_solver.restart_states(result)
         par.stats.adjoint = _summary(result)
         if par.track_grad_error:
             par.stats.grad_error = _grad_error(par, problem, grad_final, lam0, grads)

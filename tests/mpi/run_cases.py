@@ -30,6 +30,23 @@ for name in CASES:
     if comm.Get_rank() == 0:
         out["cases"][name] = dict(result.to_json(), states=encode(states), steps_per_rank=result.steps_per_rank)
 
+# Warm restarts from two unconverged iterations: every state, or only what restart_states keeps.
+out["restart"] = {}
+for name in ("heat_V3", "heat_F3_list", "dahlquist_complex_skip"):
+    factory, options = CASES[name]
+    options = {**options, "tol": 0.0, "max_iter": 2}
+    solver = mr.MGRIT(factory(), comm=comm, **options)
+    first = solver.solve()
+    kept = solver.restart_states(first)
+    runs = {"full": solver.solve(initial_guess=first.states), "kept": solver.solve(initial_guess=kept)}
+    kept_points = comm.allgather([i for i, s in zip(first.owned, kept) if s is not None])
+    if comm.Get_rank() == 0:
+        out["restart"][name] = {key: dict(r.to_json(), states=encode(solver.gather_states(r))) for key, r in runs.items()}
+        out["restart"][name]["kept_points"] = [i for part in kept_points for i in part]
+    else:
+        for r in runs.values():
+            solver.gather_states(r)
+
 bad_inputs = {
     "coarsening": dict(coarsening=1),
     "levels": dict(levels=0),
