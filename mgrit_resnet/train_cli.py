@@ -28,18 +28,14 @@ def check_out_dir(out: Path | None, option: str = "--out") -> None:
 
 def prepare_train(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Validate the config, the output folder and the ranks, load data and build the model; return the job."""
-    from .training.loop import is_local, prepare, train
+    from .training.loop import prepare, train
 
     cfg = load_config(args.config, parse_overrides(args.set))
     out = None if args.out is None else Path(args.out)
     if args.resume and out is None:
         raise ValueError("--resume needs --out DIR (the folder holding checkpoint.pt)")
-    if args.resume and is_local(cfg):
-        raise ValueError(f"--resume is not available for train.strategy = {cfg.train.strategy!r} (allowed: serial, exact, one_shot)")
     check_out_dir(out)
-    if out is not None and args.resume and not (out / "checkpoint.pt").is_file():
-        raise ValueError(f"--resume: no checkpoint at {str(out / 'checkpoint.pt')!r}")
-    prepared = prepare(cfg, comm)
+    prepared = prepare(cfg, comm, resume_from=out / "checkpoint.pt" if args.resume else None)
 
     def run() -> int:
         if out is not None and rank == 0:

@@ -9,6 +9,7 @@ from conftest import ROOT, mpirun
 
 import mgrit_resnet as mr
 from mgrit_resnet.cli import main
+from mgrit_resnet.config import parse_overrides
 from mgrit_resnet.nn import ODEResNet
 from mgrit_resnet.training import local
 from mgrit_resnet.training.blocks import LocalBlock, block_taus, split_evenly
@@ -219,9 +220,103 @@ def test_local_bad_input(sets, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_local_refuses_resume(tmp_path, capsys):
-    assert main(["train", TINY, "--set", "train.strategy=local", "--out", str(tmp_path), "--resume"]) == 2
-    assert "--resume is not available for train.strategy = 'local'" in capsys.readouterr().err
+RESUMED = ["train.strategy=trgl", "train.blocks=4", "train.local_schedule=multilap", "train.laps=2", "train.tau=0.05"]
+RESUMED += ["train.schedule=cosine"]  # the learning rate depends on the epoch: the schedules' state must come back too
+
+
+def sets(pairs):
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """An uninterrupted run, and a copy of its checkpoint after 4 of its 8 epochs (as a crash would leave it)."""
+    root = tmp_path_factory.mktemp("resume")
+    full, half = root / "full", root / "half"
+    cfg = mr.load_config(TINY, parse_overrides(RESUMED))
+
+    def on_epoch(row):
+        if row["epoch"] == 5:  # epochs 1-4 are on disk, the fifth not yet
+            half.mkdir()
+            for name in ("checkpoint.pt", "metrics.jsonl"):
+                (half / name).write_bytes((full / name).read_bytes())
+
+    local.train(cfg, None, full, on_epoch=on_epoch)
+    assert torch.load(half / "checkpoint.pt", weights_only=False)["epoch"] == 4
+    return full, half
+
+
+def finished(run):
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return summary, without_times(rows), torch.load(run / "checkpoint.pt", weights_only=False)
+
+
+def assert_same_run(got, want):
+    (summary, rows, saved), (summary_want, rows_want, saved_want) = got, want
+    assert rows == rows_want and len(rows) == 8
+    for key in ("head_train_accuracy", "head_val_accuracy", "final_loss"):
+        assert summary[key] == summary_want[key], key
+    for part in ("model", "heads"):
+        for key, value in saved_want[part].items():
+            assert torch.equal(saved[part][key], value), key
+    assert saved["schedules"] == saved_want["schedules"]
+    for block, state in saved_want["optimizers"].items():
+        for name, moments in state["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(torch.as_tensor(saved["optimizers"][block]["state"][name][key]), torch.as_tensor(value)), (
+                    block,
+                    name,
+                    key,
+                )
+
+
+def test_local_resume_continues_exactly(interrupted, tmp_path):
+    full, half = interrupted
+    resumed = tmp_path / "run"
+    resumed.mkdir()
+    for name in ("checkpoint.pt", "metrics.jsonl"):
+        (resumed / name).write_bytes((half / name).read_bytes())
+    assert main(["train", TINY, *sets(RESUMED), "--out", str(resumed), "--resume"]) == 0
+    assert_same_run(finished(resumed), finished(full))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_local_checkpoint_resumes_at_another_rank_count(interrupted, tmp_path, n):
+    full, half = interrupted
+    resumed = tmp_path / "run"
+    resumed.mkdir()
+    for name in ("checkpoint.pt", "metrics.jsonl"):
+        (resumed / name).write_bytes((half / name).read_bytes())
+    mpirun(n, ["python", "-m", "mgrit_resnet", "train", TINY, *sets(RESUMED), "--out", str(resumed), "--resume"], timeout=180)
+    summary, rows, saved = finished(resumed)
+    assert summary["ranks"] == n
+    assert_same_run((summary, rows, saved), finished(full))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            ["train.strategy=one_shot"],
+            "was written by train.strategy = 'trgl'; this run resumes serial, exact or one_shot checkpoints only",
+        ),
+        (["train.local_schedule=sequential"], "follows another schedule than this config"),
+        (["train.laps=1"], "follows another schedule than this config"),
+    ],
+)
+def test_local_resume_refuses_another_run(interrupted, tmp_path, change, message, capsys):
+    _, half = interrupted
+    (tmp_path / "checkpoint.pt").write_bytes((half / "checkpoint.pt").read_bytes())
+    assert main(["train", TINY, *sets(RESUMED + change), "--out", str(tmp_path), "--resume"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_whole_network_checkpoint_is_not_resumed_block_wise(tmp_path, capsys):
+    assert main(["train", TINY, "--out", str(tmp_path)]) == 0
+    assert main(["train", TINY, *sets(RESUMED), "--out", str(tmp_path), "--resume"]) == 2
+    assert "was written by train.strategy = 'one_shot'; this run resumes local or trgl checkpoints only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,7 @@ def test_adjoint_partition_does_not_chain_the_ranks():
     depth, ranks = 256, 64
     _, adj, _ = layer_partition(depth, ranks)
     options = dict(levels=2, coarsening=4, relax="F", min_coarse=2)
+
     def relax_only(partition):
         def program(backend):
             clocked = ClockedBackend(backend, VirtualClock(0.0, 0.0, measure_cpu=False))

@@ -82,22 +82,37 @@ class LocalBlock(nn.Module):
             state = torch.add(state, activation, alpha=h)  # as residual_step, so the stack is bitwise ODEResNet
         return state, classify(spec, self.head, state), kinetic
 
+    def portable_parameters(self) -> dict[str, nn.Parameter]:
+        """The block's parameters under the keys of ``ODEResNet.state_dict()``; the auxiliary head's as ``heads.k.*``.
+
+        The keys do not depend on where the block runs, so checkpoints and
+        optimiser states keyed by them load at any rank count.
+        """
+        head = "classifier" if self.last else f"heads.{self.index}"
+        keyed = {}
+        for name, parameter in self.named_parameters():
+            part, rest = name.split(".", 1)
+            if part == "layers":
+                position, rest = rest.split(".", 1)
+                name = f"layers.{self.layer_range[int(position)]}.{rest}"
+            elif part == "head":
+                name = f"{head}.{rest}"
+            keyed[name] = parameter
+        return keyed
+
     def network_state(self) -> dict[str, torch.Tensor]:
         """This block's share of ``ODEResNet.state_dict()`` (the last block's head is ``classifier``)."""
-        out = {}
-        if self.opening is not None:
-            out.update({f"opening.{k}": v for k, v in self.opening.state_dict().items()})
-        for n, layer in zip(self.layer_range, self.layers):
-            out.update({f"layers.{n}.{k}": v for k, v in layer.state_dict().items()})
-        if self.last:
-            out.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
-        return {k: v.detach().cpu().clone() for k, v in out.items()}
+        return {k: v.detach().cpu().clone() for k, v in self.portable_parameters().items() if not k.startswith("heads.")}
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The auxiliary head's parameters, keyed ``heads.k.weight`` / ``heads.k.bias`` (empty for the last block)."""
-        if self.last:
-            return {}
-        return {f"heads.{self.index}.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.portable_parameters().items() if k.startswith("heads.")}
+
+    @torch.no_grad()
+    def load_portable(self, state: dict[str, torch.Tensor]) -> None:
+        """Take this block's parameters from ``state`` (network and heads together, keys of :meth:`portable_parameters`)."""
+        for key, parameter in self.portable_parameters().items():
+            parameter.copy_(state[key])
 
 
 def build_blocks(spec: NetworkSpec, seed: int, bounds: list[range], mine: range, device: Any) -> list[LocalBlock]:

@@ -30,11 +30,19 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked to be of this version and of block-wise (``local``) or whole-network training.
+
+    With ``mmap`` the tensors stay on disk until read: a cheap check of a large checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
+    if ("heads" in payload) != local:
+        written = f"train.strategy = {payload['strategy']!r}" if "strategy" in payload else "another kind of training"
+        wanted = "local or trgl" if local else "serial, exact or one_shot"
+        raise ValueError(f"--resume: {str(path)!r} was written by {written}; this run resumes {wanted} checkpoints only")
     return payload

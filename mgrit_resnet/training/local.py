@@ -39,7 +39,7 @@ from ..nn.layers import NetworkSpec, resolve_device
 from . import checkpoint
 from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
 from .loop import EVAL_BATCH, TrainResult, _write_config
-from .optim import make_optimizer, make_schedule
+from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 
 LOCAL_STRATEGIES = ("local", "trgl")
 _TRAIN, _EVAL = 0, 1
@@ -206,6 +206,18 @@ class LocalTrainer:
                 lr = self.optimizers[k].param_groups[0]["lr"]
         return lr
 
+    def optimizer_states(self) -> tuple[dict[int, Any], dict[int, Any]]:
+        """This rank's optimiser states (parameters by name) and schedule states, keyed by block."""
+        optimizers = {b.index: portable_optimizer_state(self.optimizers[b.index], list(b.portable_parameters())) for b in self.blocks}
+        return optimizers, {k: schedule.state_dict() for k, schedule in self.schedules.items()}
+
+    def load_states(self, parameters: dict[str, torch.Tensor], optimizers: dict[int, Any], schedules: dict[int, Any]) -> None:
+        """Take this rank's blocks, optimisers and schedules from what :meth:`full_state` and :meth:`optimizer_states` gave."""
+        for block in self.blocks:
+            block.load_portable(parameters)
+            load_portable_optimizer_state(self.optimizers[block.index], list(block.portable_parameters()), optimizers[block.index])
+            self.schedules[block.index].load_state_dict(schedules[block.index])
+
     def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Collective: the network (keys of ``ODEResNet.state_dict()``) and the auxiliary heads, on every rank."""
         network, heads = {}, {}
@@ -220,16 +232,32 @@ class LocalTrainer:
         return network, heads
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple[LocalTrainer, Any]:
-    """Check the config against the ranks, build this rank's blocks and load the data (raises ValueError on bad input)."""
+def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple[LocalTrainer, Any]:
+    """Check the config against the ranks, build this rank's blocks and load the data (raises ValueError on bad input).
+
+    ``resume_from`` names a checkpoint to check, too: one this schedule can continue from.
+    """
     trainer = LocalTrainer(cfg, comm, seed)
+    if resume_from is not None:
+        _resumable(resume_from, epoch_plan(cfg, trainer.n_blocks), mmap=True)
     return trainer, load_dataset(cfg.data, cfg.network)
+
+
+def epoch_plan(cfg: Any, blocks: int) -> list[tuple[int, tuple[int, ...]]]:
+    """``(stage, blocks that train)`` for every epoch of every stage of the schedule, in order (one metrics row each)."""
+    t = cfg.train
+    return [
+        (stage, training)
+        for stage, (training, epochs) in enumerate(stages(t.local_schedule, blocks, t.epochs, t.laps))
+        for _ in range(epochs)
+    ]
 
 
 def train(
     cfg: Any,
     comm: Any = None,
     out: str | Path | None = None,
+    resume: bool = False,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     prepared: tuple | None = None,
@@ -244,44 +272,53 @@ def train(
     dtype = trainer.spec.torch_dtype
     train_x, val_x = dataset.train_x.to(dtype), dataset.val_x.to(dtype)
     out = None if out is None else Path(out)
+    plan = epoch_plan(cfg, n_blocks)
+    metrics: list[dict[str, Any]] = []
+    elapsed = 0.0
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs --out DIR (the folder holding checkpoint.pt)")
+        metrics, elapsed = _restore(out / "checkpoint.pt", trainer, plan)
     if out is not None and backend.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, out / "config.toml")
-        (out / "metrics.jsonl").write_text("")
-    plan = stages(t.local_schedule, n_blocks, t.epochs, t.laps)
-    total = sum(epochs for _, epochs in plan)
+        with open(out / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in metrics)
     batches = dataset.batches(0, t.batch_size, t.seed)
-    metrics: list[dict[str, Any]] = []
-    started, block_epochs = time.perf_counter(), 0
+    started = time.perf_counter() - elapsed
     epochs_done = [0] * n_blocks  # blocks that train together have trained equally long; this orders their batches
-    for stage, (training, epochs) in enumerate(plan):
-        for _ in range(epochs):
-            epoch_start, bytes_before = time.perf_counter(), backend.bytes_sent
-            order = np.random.default_rng([t.seed, epochs_done[training[0]], 1]).permutation(len(batches))
-            stats = np.zeros((n_blocks, 4))
-            for step, b in enumerate(order):
-                trainer.step(train_x[batches[b]], dataset.train_y[batches[b]], training, stats)
-                if on_step is not None:
-                    info = {"epoch": len(metrics) + 1, "epochs": total, "step": step + 1, "steps": len(batches)}
-                    on_step({**info, "loss": _last_loss(stats)})
-            lr = backend.allgather(trainer.end_epoch(training))
-            for k in training:
-                epochs_done[k] += 1
-            stats = np.sum(backend.allgather(stats), axis=0)
-            block_epochs += len(training)
-            heads = trainer.accuracies(val_x, dataset.val_y)
-            lr = [v for v in lr if v is not None][-1]
-            row = _row(len(metrics) + 1, stage, training, stats, heads, lr, block_epochs / (n_blocks * t.epochs))
-            row["epoch_time"] = max(backend.allgather(time.perf_counter() - epoch_start))
-            row["bytes_sent"] = backend.allgather(backend.bytes_sent - bytes_before)
-            metrics.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-            if out is not None:
-                if backend.rank == 0:
-                    with open(out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                _save(out, trainer, metrics, time.perf_counter() - started)  # nothing finished is lost
+    block_epochs = 0
+    for _, training in plan[: len(metrics)]:
+        block_epochs += len(training)
+        for k in training:
+            epochs_done[k] += 1
+    for stage, training in plan[len(metrics) :]:
+        epoch_start, bytes_before = time.perf_counter(), backend.bytes_sent
+        order = np.random.default_rng([t.seed, epochs_done[training[0]], 1]).permutation(len(batches))
+        stats = np.zeros((n_blocks, 4))
+        for step, b in enumerate(order):
+            trainer.step(train_x[batches[b]], dataset.train_y[batches[b]], training, stats)
+            if on_step is not None:
+                info = {"epoch": len(metrics) + 1, "epochs": len(plan), "step": step + 1, "steps": len(batches)}
+                on_step({**info, "loss": _last_loss(stats)})
+        lr = backend.allgather(trainer.end_epoch(training))
+        for k in training:
+            epochs_done[k] += 1
+        stats = np.sum(backend.allgather(stats), axis=0)
+        block_epochs += len(training)
+        heads = trainer.accuracies(val_x, dataset.val_y)
+        lr = [v for v in lr if v is not None][-1]
+        row = _row(len(metrics) + 1, stage, training, stats, heads, lr, block_epochs / (n_blocks * t.epochs))
+        row["epoch_time"] = max(backend.allgather(time.perf_counter() - epoch_start))
+        row["bytes_sent"] = backend.allgather(backend.bytes_sent - bytes_before)
+        metrics.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if out is not None:
+            if backend.rank == 0:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            _save(out, trainer, metrics, time.perf_counter() - started)  # nothing finished is lost
     summary = _summary(cfg, trainer, dataset, train_x, val_x, metrics, time.perf_counter() - started)
     trainer.pipe.close()
     if out is not None:
@@ -292,11 +329,49 @@ def train(
 
 
 def _save(out: Path, trainer: LocalTrainer, metrics: list[dict[str, Any]], wall_time: float) -> None:
-    """Collective: the network and the heads so far, written atomically by rank 0 to ``out/checkpoint.pt``."""
+    """Collective: the network, the heads and every block's optimiser and schedule, written atomically by rank 0 to ``out/checkpoint.pt``.
+
+    Everything is keyed by block and parameter name, so it loads at any rank count.
+    """
     network, heads = trainer.full_state()
+    optimizers, schedules = {}, {}
+    for part in trainer.backend.allgather(trainer.optimizer_states()):
+        optimizers.update(part[0])
+        schedules.update(part[1])
     if trainer.backend.rank == 0:
-        state = {"model": network, "heads": heads, "metrics": metrics, "epoch": len(metrics), "wall_time": wall_time}
+        state = {
+            "strategy": trainer.cfg.train.strategy,
+            "model": network,
+            "heads": heads,
+            "optimizers": optimizers,
+            "schedules": schedules,
+            "metrics": metrics,
+            "epoch": len(metrics),
+            "wall_time": wall_time,
+        }
         checkpoint.save_atomically(state, out / "checkpoint.pt")
+
+
+def _resumable(path: Path, plan: list[tuple[int, tuple[int, ...]]], mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked to be one that ``plan`` continues."""
+    saved = checkpoint.load(path, local=True, mmap=mmap)
+    if "optimizers" not in saved:
+        raise ValueError(f"--resume: {str(path)!r} holds no optimiser states (an older version wrote it); train again without --resume")
+    done = [(row["stage"], tuple(row["blocks_trained"])) for row in saved["metrics"]]
+    if done != plan[: len(done)]:
+        raise ValueError(
+            f"--resume: {str(path)!r} follows another schedule than this config: train.local_schedule, train.epochs, "
+            "train.laps and train.blocks must be those of the interrupted run (train.blocks = 0 means one block per rank: "
+            "set it to resume at another rank count)"
+        )
+    return saved
+
+
+def _restore(path: Path, trainer: LocalTrainer, plan: list[tuple[int, tuple[int, ...]]]) -> tuple[list[dict[str, Any]], float]:
+    """Load this rank's blocks, optimisers and schedules from ``path``; the metrics so far and the wall time spent."""
+    saved = _resumable(path, plan)
+    trainer.load_states(saved["model"] | saved["heads"], saved["optimizers"], saved["schedules"])
+    return saved["metrics"], saved["wall_time"]
 
 
 def _last_loss(stats: np.ndarray) -> float:

@@ -51,12 +51,17 @@ class _Groups:
         self.data = comm_module.backend_for(data_comm)
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None) -> tuple:
-    """Check the config against the ranks, load the data and build the model (raises ValueError on bad input)."""
+def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple:
+    """Check the config against the ranks, load the data and build the model (raises ValueError on bad input).
+
+    ``resume_from`` names a checkpoint to check, too: one the run can continue from.
+    """
     if is_local(cfg):
         from . import local
 
-        return local.prepare(cfg, comm, seed)
+        return local.prepare(cfg, comm, seed, resume_from)
+    if resume_from is not None:
+        checkpoint.load(resume_from, local=False, mmap=True)
     groups = _Groups(comm, cfg.train.data_parallel)
     if cfg.train.optimizer == "lbfgs":
         if cfg.train.strategy == "one_shot":
@@ -104,9 +109,7 @@ def train(
     if is_local(cfg):
         from . import local
 
-        if resume:
-            raise ValueError(f"--resume is not available for train.strategy = {cfg.train.strategy!r} (allowed: serial, exact, one_shot)")
-        return local.train(cfg, comm, out, on_step=on_step, on_epoch=on_epoch, prepared=prepared)
+        return local.train(cfg, comm, out, resume, on_step=on_step, on_epoch=on_epoch, prepared=prepared)
     groups, dataset, model = prepared if prepared is not None else prepare(cfg, comm)
     t = cfg.train
     dtype = model.module.spec.torch_dtype
@@ -120,7 +123,7 @@ def train(
     metrics: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if resume:
-        saved = checkpoint.load(out / "checkpoint.pt")
+        saved = checkpoint.load(out / "checkpoint.pt", local=False)
         model.load_full_state_dict(saved["model"])
         load_portable_optimizer_state(optimizer, names, saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -169,7 +172,7 @@ def train(
         metrics.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        _save(out, groups, model, optimizer, names, schedule, metrics, epoch + 1, time.perf_counter() - started)
+        _save(out, groups, model, optimizer, names, schedule, metrics, epoch + 1, time.perf_counter() - started, t.strategy)
 
     summary = {
         "train_accuracy": _accuracy(model, train_x, dataset.train_y),
@@ -256,7 +259,7 @@ def _accuracy(model: TrainModel, x: torch.Tensor, y: torch.Tensor) -> float | No
     return correct / len(y)
 
 
-def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_time) -> None:
+def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_time, strategy) -> None:
     if out is None:  # the same on every rank: no checkpoint, so none of the gathers (one-shot warm starts can be GiBs)
         return
     state = model.full_state_dict()  # collective
@@ -275,6 +278,7 @@ def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_t
         "metrics": metrics,
         "epoch": epoch,
         "wall_time": wall_time,
+        "strategy": strategy,
     }
     checkpoint.save_atomically(payload, out / "checkpoint.pt")
     with open(out / "metrics.jsonl", "a") as f:
