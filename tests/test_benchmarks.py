@@ -112,3 +112,24 @@ def test_scaling_prediction_picks_the_fastest_hierarchy(tmp_path, capsys):
     assert [r["ranks"] for r in rows] == [1, 2, 4, 32] and rows[-1]["time"] is None  # 48 layers cannot use 32 ranks
     assert rows[2]["time"] == pytest.approx(best["time"], rel=1e-12)  # the same calibration, a deterministic simulation
     assert "best:" in capsys.readouterr().out
+
+
+WARM = ROOT / "benchmarks" / "warm_start_memory.py"
+
+
+def test_warm_start_memory_counts_the_c_points(capsys):
+    # tiny_train: 13 layers, coarsening 2, batch 25 x width 4 in float64 = 800 bytes a state.
+    # Forward points 0..13 and adjoint points 0..13: 7 C-points each, against 14.
+    figures = load(WARM).main([str(ROOT / "examples" / "tiny_train.toml"), "--batches", "2"])
+    assert figures["kept_bytes_per_batch"] == [2 * 7 * 800] and figures["every_state_bytes_per_batch"] == [2 * 14 * 800]
+    assert figures["ratio"] == 2.0 and figures["epoch_batches"] == 8
+    assert "ratio 2.00" in capsys.readouterr().out
+
+
+@pytest.mark.mpi
+def test_warm_start_memory_under_mpiexec_splits_the_same_states(tmp_path):
+    out = tmp_path / "warm.json"
+    mpirun(3, ["python", str(WARM), str(ROOT / "examples" / "tiny_train.toml"), "--batches", "2", "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["ranks"] == 3 and sum(figures["kept_bytes_per_batch"]) == 2 * 7 * 800
+    assert sum(figures["every_state_bytes_per_batch"]) == 2 * 14 * 800

@@ -330,6 +330,16 @@ class LayerParallel(nn.Module):
             for key, param in self.named_parameters():
                 param.copy_(state[key])
 
+    def warm_start_bytes(self) -> int:
+        """Bytes of the warm-start states this rank holds (forward and adjoint, every key)."""
+        return sum(
+            s.numel() * s.element_size()
+            for w in self._warm.values()
+            for states in (w.forward, w.adjoint)
+            for s in states or ()
+            if s is not None
+        )
+
     def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
         """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
 
