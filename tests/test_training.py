@@ -57,6 +57,13 @@ def test_train_bad_input(options, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
+def test_resume_from_an_unreadable_checkpoint_is_bad_input(tmp_path, content, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    assert main(["train", TINY, "--out", str(tmp_path), "--resume"]) == 2
+    assert "--resume: cannot read" in capsys.readouterr().err
+
+
 def test_train_refuses_an_output_folder_it_cannot_create(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
@@ -137,6 +144,20 @@ def test_lbfgs_from_petsc_tao_decreases_the_peaks_objective(tmp_path, n, strateg
     losses = [r["train_loss"] for r in metrics(tmp_path / "run")]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.petsc
+@pytest.mark.mpi
+@pytest.mark.parametrize("n, strategy", [(1, "serial"), (2, "exact")])
+def test_lbfgs_epochs_chunk_one_run(tmp_path, n, strategy):
+    """The quasi-Newton memory carries over between epochs: 3 epochs of 4 iterations are one run of 12."""
+    sets = ["train.optimizer=lbfgs", f"train.strategy={strategy}"]
+    train(n, tmp_path / "chunked", *sets, "train.epochs=3", "train.lbfgs_iters=4")
+    train(n, tmp_path / "whole", *sets, "train.epochs=1", "train.lbfgs_iters=12")
+    chunked = torch.load(tmp_path / "chunked" / "checkpoint.pt", weights_only=False)["model"]
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    for key, value in whole.items():
+        assert torch.equal(chunked[key], value), key
 
 
 @pytest.mark.parametrize(

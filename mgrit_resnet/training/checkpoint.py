@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,10 @@ def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
-    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"--resume: cannot read {str(path)!r} as a checkpoint: damaged, or not written by mgrit-resnet train") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
     if ("heads" in payload) != local:

@@ -5,7 +5,8 @@ local part is its own residual layers' parameters, and rank 0 of the layer
 group also holds the replicated ones (opening layer and classifier), which are
 broadcast to the other ranks before every evaluation. TAO's ``lmvm`` solver
 (limited-memory BFGS with a More-Thuente line search) drives the objective and
-gradient that forward and adjoint MGRIT compute.
+gradient that forward and adjoint MGRIT compute. Its quasi-Newton memory
+carries over from one epoch to the next; a resumed run starts it afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from .. import _petsc
 from .. import comm as comm_module
+
+OPTIONS_PREFIX = "mgrit_"  # PETSc options of the L-BFGS solver, e.g. -mgrit_tao_lmvm_recycle 0, -mgrit_tao_ls_type armijo
 
 
 def check_available() -> Any:
@@ -55,6 +58,12 @@ class TaoLBFGS:
         self.tao = PETSc.TAO().create(comm=comm)
         self.tao.setType("lmvm")
         self.tao.setTolerances(gatol=0.0, grtol=0.0, gttol=0.0)
+        # The epochs chunk one L-BFGS run on one full-batch objective: keep the
+        # quasi-Newton pairs from one epoch's solve to the next (TAO would drop them).
+        self.tao.setOptionsPrefix(OPTIONS_PREFIX)
+        options = PETSc.Options()
+        if not options.hasName(f"{OPTIONS_PREFIX}tao_lmvm_recycle"):
+            options.setValue(f"{OPTIONS_PREFIX}tao_lmvm_recycle", True)
         self.tao.setFromOptions()
         self._closure: Callable[[], float] | None = None
         self.tao.setObjectiveGradient(self._objective_gradient, self.g)
