@@ -219,13 +219,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "schedule": "learning-rate schedule, stepped once per epoch (``cosine``: to zero over ``epochs``)",
         "lr_step": "``step`` schedule: epochs between decays",
         "lr_gamma": "``step`` schedule: factor of each decay",
-        "data_parallel": ":math:`D`, dividing the number of ranks: :math:`D` groups of :math:`P/D` layer-ranks, "
-        "each taking a share of every batch",
+        "data_parallel": ":math:`D`, dividing the number of ranks: :math:`D` groups of :math:`P/D` layer-ranks "
+        "(for ``local`` and ``trgl``: ranks holding the blocks), each taking a share of every batch",
         "lbfgs_iters": "``lbfgs``: L-BFGS iterations per epoch, each on the mean loss over the whole training set; "
         "the quasi-Newton memory carries over between epochs (they chunk one L-BFGS run) but not across ``--resume``; "
         "PETSc options with the prefix ``-mgrit_`` tune the solver (e.g. ``-mgrit_tao_ls_type armijo``)",
-        "blocks": "``local``, ``trgl``: number of blocks :math:`K` (``0``: one per rank; otherwise between the number "
-        "of ranks and ``network.depth``); a rank holds one or more consecutive blocks",
+        "blocks": "``local``, ``trgl``: number of blocks :math:`K` (``0``: one per rank of a data group; otherwise between "
+        "the number of ranks per data group and ``network.depth``); a rank holds one or more consecutive blocks",
         "local_schedule": "``local``, ``trgl``: ``parallel`` (all blocks at once, pipelined over the ranks), "
         "``sequential`` (one block after the other) or ``multilap`` (sequential, in ``laps`` laps)",
         "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, mpirun
@@ -193,6 +194,23 @@ def test_every_rank_count_gives_the_one_process_result(by_ranks, schedule):
         assert got["summary"]["head_val_accuracy"] == reference.summary["head_val_accuracy"]
         for key, value in {**network, **heads}.items():
             assert torch.equal({**got["network"], **got["heads"]}[key], value), f"{n} ranks: {key}"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 4])
+def test_data_groups_give_the_whole_batch_step(by_ranks, n):
+    """Two data groups, each with half of every batch: the same training as one group, to round-off."""
+    reference, _, network, heads = run(strategy="trgl", blocks=4, local_schedule="multilap", epochs=2, tau=0.05)
+    got = by_ranks[n]["data_parallel"]
+    assert got["summary"]["data_parallel"] == 2 and got["summary"]["ranks"] == n
+    assert len(got["summary"]["owned_blocks"]) == n // 2, "the blocks are split over the ranks of one group"
+    assert len(got["metrics"]) == len(reference.metrics)
+    for row, want in zip(got["metrics"], without_times(reference.metrics), strict=True):
+        assert row["blocks_trained"] == want["blocks_trained"] and row["head_val_accuracy"] == want["head_val_accuracy"]
+        for key in ("train_loss", "train_accuracy", "kinetic", "block_train_loss"):
+            np.testing.assert_allclose(np.array(row[key], dtype=float), np.array(want[key], dtype=float), rtol=1e-10, err_msg=key)
+    for key, value in {**network, **heads}.items():
+        torch.testing.assert_close({**got["network"], **got["heads"]}[key], value, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize(

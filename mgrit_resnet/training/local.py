@@ -38,7 +38,7 @@ from ..data import load_dataset
 from ..nn.layers import NetworkSpec, resolve_device
 from . import checkpoint
 from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
-from .loop import EVAL_BATCH, TrainResult, _write_config
+from .loop import EVAL_BATCH, RankGroups, TrainResult, _write_config, sum_over_data_groups
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 
 LOCAL_STRATEGIES = ("local", "trgl")
@@ -46,18 +46,17 @@ _TRAIN, _EVAL = 0, 1
 
 
 def check_local(cfg: Any, size: int) -> int:
-    """The number of blocks ``K`` for ``size`` ranks, after checking the ``[train]`` keys of local training."""
+    """The number of blocks ``K`` for ``size`` layer-ranks (ranks per data group), after checking the ``[train]`` keys of local training."""
     t, depth = cfg.train, cfg.network.depth
     if t.optimizer not in ("sgd", "adam"):
         raise ValueError(
             f"train.strategy = {t.strategy!r} gives every block its own optimiser: "
             f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}"
         )
-    if t.data_parallel != 1:
-        raise ValueError(f"train.strategy = {t.strategy!r} runs with train.data_parallel = 1; got {t.data_parallel}")
     blocks = t.blocks or size
     if blocks < size:
-        raise ValueError(f"train.blocks ({blocks}) must be at least the number of ranks ({size}): every rank holds whole blocks")
+        ranks = "ranks" if t.data_parallel == 1 else "ranks per data group"
+        raise ValueError(f"train.blocks ({blocks}) must be at least the number of {ranks} ({size}): every rank holds whole blocks")
     if blocks > depth:
         raise ValueError(f"train.blocks ({blocks}) must be at most network.depth ({depth}): every block holds a residual layer")
     block_taus(t.tau, blocks)
@@ -111,6 +110,10 @@ class _Pipe:
 class LocalTrainer:
     """This rank's blocks, their optimisers and schedules, and the pipe to its neighbours.
 
+    With ``train.data_parallel = D`` the ranks form ``D`` groups, each holding
+    all blocks and taking a share of every batch; each block's gradients are
+    summed over the groups before its step, so a step is the whole batch's.
+
     Parameters
     ----------
     cfg
@@ -122,13 +125,16 @@ class LocalTrainer:
     """
 
     def __init__(self, cfg: Any, comm: Any, seed: int | None = None) -> None:
-        self.backend = comm_module.backend_for(comm)
         self.cfg, t = cfg, cfg.train
-        self.n_blocks = check_local(cfg, self.backend.size)
+        self.groups = RankGroups(comm, t.data_parallel, t.batch_size)
+        self.backend = self.groups.world
+        # The blocks' pipe and the gathers of whole-network state stay within a data group.
+        self.layer_backend = self.backend if t.data_parallel == 1 else comm_module.backend_for(self.groups.layer_comm)
+        self.n_blocks = check_local(cfg, self.layer_backend.size)
         self.spec = NetworkSpec.from_config(cfg.network)
         self.bounds = split_evenly(self.spec.depth, self.n_blocks)
-        self.owned = split_evenly(self.n_blocks, self.backend.size)
-        self.mine = self.owned[self.backend.rank]
+        self.owned = split_evenly(self.n_blocks, self.layer_backend.size)
+        self.mine = self.owned[self.layer_backend.rank]
         device = resolve_device(self.spec, comm_module.local_rank(self.backend))
         self.blocks = build_blocks(self.spec, t.seed if seed is None else seed, self.bounds, self.mine, device)
         taus = block_taus(t.tau, self.n_blocks) if t.strategy == "trgl" else [float("inf")] * self.n_blocks
@@ -137,11 +143,17 @@ class LocalTrainer:
         self.optimizers = {b.index: make_optimizer(t, list(b.parameters())) for b in self.blocks}
         self.schedules = {k: make_schedule(t, opt) for k, opt in self.optimizers.items()}
         width_shape = (self.spec.width,) if self.spec.kind == "dense" else (self.spec.width, self.spec.image_size, self.spec.image_size)
-        self.pipe = _Pipe(self.backend, torch.empty((1, *width_shape), dtype=self.spec.torch_dtype, device=device))
+        self.pipe = _Pipe(self.layer_backend, torch.empty((1, *width_shape), dtype=self.spec.torch_dtype, device=device))
 
     @property
     def owned_layers(self) -> range:
         return range(self.bounds[self.mine.start].start, self.bounds[self.mine.stop - 1].stop)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent: block outputs, gradient sums and the loop's collectives."""
+        backends = {id(b): b for b in (self.backend, self.layer_backend, self.groups.data)}
+        return sum(b.bytes_sent for b in backends.values())
 
     def step(self, x: torch.Tensor, y: torch.Tensor, training: tuple[int, ...], stats: np.ndarray) -> None:
         """One optimiser step of every block in ``training`` on the batch ``(x, y)``; sums go to ``stats[k]``.
@@ -151,26 +163,30 @@ class LocalTrainer:
         last = max(training)
         if self.mine.start > last:
             return
+        share = self.groups.share(np.arange(len(y)))
+        weight = len(share) / len(y)  # the groups' losses add up to the batch mean
+        x, y = (x, y) if weight == 1 else (x[share], y[share])
         state = x if self.mine.start == 0 else self.pipe.recv(_TRAIN, len(y))
         for block in self.blocks:
             if block.index > last:
                 break
             if block.index in training:
-                state = self._update(block, state, y, stats)
+                state = self._update(block, state, y, weight, stats)
             else:
                 with torch.no_grad():
                     state = block(state)[0]
         if self.mine.stop - 1 < last:
             self.pipe.send(_TRAIN, state)
 
-    def _update(self, block: Any, state: torch.Tensor, y: torch.Tensor, stats: np.ndarray) -> torch.Tensor:
+    def _update(self, block: Any, state: torch.Tensor, y: torch.Tensor, share: float, stats: np.ndarray) -> torch.Tensor:
         optimizer, weight = self.optimizers[block.index], self.weights[block.index]
         optimizer.zero_grad()
         out, logits, kinetic = block(state)
         y = y.to(logits.device)
         cross_entropy = F.cross_entropy(logits, y)
         loss = cross_entropy + weight * kinetic if weight else cross_entropy
-        loss.backward()
+        (loss if share == 1 else share * loss).backward()
+        sum_over_data_groups(self.groups, list(block.parameters()), 0.0, 0)
         optimizer.step()
         n = len(y)
         stats[block.index] += (
@@ -187,9 +203,11 @@ class LocalTrainer:
         if len(y) == 0:
             return None
         correct = np.zeros(self.n_blocks)
-        for start in range(0, len(y), EVAL_BATCH):
-            rows = y[start : start + EVAL_BATCH]
-            state = x[start : start + EVAL_BATCH] if self.mine.start == 0 else self.pipe.recv(_EVAL, len(rows))
+        share = self.groups.share(np.arange(len(y)))  # each data group evaluates its part
+        mine_x, mine_y = x[share], y[share]
+        for start in range(0, len(mine_y), EVAL_BATCH):
+            rows = mine_y[start : start + EVAL_BATCH]
+            state = mine_x[start : start + EVAL_BATCH] if self.mine.start == 0 else self.pipe.recv(_EVAL, len(rows))
             for block in self.blocks:
                 state, logits, _ = block(state)
                 correct[block.index] += int((logits.argmax(1).cpu() == rows).sum())
@@ -221,7 +239,7 @@ class LocalTrainer:
     def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Collective: the network (keys of ``ODEResNet.state_dict()``) and the auxiliary heads, on every rank."""
         network, heads = {}, {}
-        for part_network, part_heads in self.backend.allgather(
+        for part_network, part_heads in self.layer_backend.allgather(
             (
                 {k: v for b in self.blocks for k, v in b.network_state().items()},
                 {k: v for b in self.blocks for k, v in b.head_state().items()},
@@ -293,7 +311,7 @@ def train(
         for k in training:
             epochs_done[k] += 1
     for stage, training in plan[len(metrics) :]:
-        epoch_start, bytes_before = time.perf_counter(), backend.bytes_sent
+        epoch_start, bytes_before = time.perf_counter(), trainer.bytes_sent
         order = np.random.default_rng([t.seed, epochs_done[training[0]], 1]).permutation(len(batches))
         stats = np.zeros((n_blocks, 4))
         for step, b in enumerate(order):
@@ -310,7 +328,7 @@ def train(
         lr = [v for v in lr if v is not None][-1]
         row = _row(len(metrics) + 1, stage, training, stats, heads, lr, block_epochs / (n_blocks * t.epochs))
         row["epoch_time"] = max(backend.allgather(time.perf_counter() - epoch_start))
-        row["bytes_sent"] = backend.allgather(backend.bytes_sent - bytes_before)
+        row["bytes_sent"] = backend.allgather(trainer.bytes_sent - bytes_before)
         metrics.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -335,7 +353,7 @@ def _save(out: Path, trainer: LocalTrainer, metrics: list[dict[str, Any]], wall_
     """
     network, heads = trainer.full_state()
     optimizers, schedules = {}, {}
-    for part in trainer.backend.allgather(trainer.optimizer_states()):
+    for part in trainer.layer_backend.allgather(trainer.optimizer_states()):
         optimizers.update(part[0])
         schedules.update(part[1])
     if trainer.backend.rank == 0:
@@ -414,7 +432,7 @@ def _summary(cfg, trainer, dataset, train_x, val_x, metrics, elapsed) -> dict[st
         "epochs": t.epochs,
         "wall_time": max(backend.allgather(elapsed)),
         "ranks": backend.size,
-        "data_parallel": 1,
+        "data_parallel": t.data_parallel,
         "strategy": t.strategy,
         "owned_layers": backend.allgather([trainer.owned_layers.start, trainer.owned_layers.stop]),
         "local_schedule": t.local_schedule,
@@ -425,5 +443,5 @@ def _summary(cfg, trainer, dataset, train_x, val_x, metrics, elapsed) -> dict[st
         "head_val_accuracy": val_heads,
         "best_head": best,
         "best_head_val_accuracy": None if best is None else val_heads[best],
-        "bytes_sent": backend.allgather(backend.bytes_sent),
+        "bytes_sent": backend.allgather(trainer.bytes_sent),
     }

@@ -33,14 +33,16 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Groups:
-    """The ranks as ``D`` data groups of ``P / D`` layer-ranks."""
+class RankGroups:
+    """The ranks as ``D`` data groups of ``P / D`` layer-ranks; each group takes a share of every batch of ``batch_size``."""
 
-    def __init__(self, comm: Any, data_parallel: int) -> None:
+    def __init__(self, comm: Any, data_parallel: int, batch_size: int) -> None:
         size = 1 if comm is None else comm.Get_size()
         rank = 0 if comm is None else comm.Get_rank()
         if size % data_parallel:
             raise ValueError(f"train.data_parallel must divide the number of ranks ({size}); got {data_parallel}")
+        if batch_size < data_parallel:
+            raise ValueError(f"train.batch_size ({batch_size}) must be at least train.data_parallel ({data_parallel})")
         self.size, self.rank, self.data_parallel = size, rank, data_parallel
         self.layer_ranks = size // data_parallel
         self.group = rank // self.layer_ranks
@@ -49,6 +51,10 @@ class _Groups:
         self.layer_comm = layer_comm if self.layer_ranks > 1 else None
         self.world = comm_module.backend_for(comm)
         self.data = comm_module.backend_for(data_comm)
+
+    def share(self, rows: Any) -> Any:
+        """This group's part of ``rows`` (the groups' parts in order make up ``rows``)."""
+        return np.array_split(rows, self.data_parallel)[self.group]
 
 
 def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple:
@@ -62,15 +68,13 @@ def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Pat
         return local.prepare(cfg, comm, seed, resume_from)
     if resume_from is not None:
         checkpoint.load(resume_from, local=False, mmap=True)
-    groups = _Groups(comm, cfg.train.data_parallel)
+    groups = RankGroups(comm, cfg.train.data_parallel, cfg.train.batch_size)
     if cfg.train.optimizer == "lbfgs":
         if cfg.train.strategy == "one_shot":
             raise ValueError("train.optimizer = 'lbfgs' needs exact gradients: train.strategy = 'exact' or 'serial'; got 'one_shot'")
         if cfg.train.data_parallel > 1:
             raise ValueError(f"train.optimizer = 'lbfgs' runs with train.data_parallel = 1; got {cfg.train.data_parallel}")
         check_available()
-    if cfg.train.data_parallel > 1 and cfg.train.batch_size < cfg.train.data_parallel:
-        raise ValueError(f"train.batch_size ({cfg.train.batch_size}) must be at least train.data_parallel ({cfg.train.data_parallel})")
     dataset = load_dataset(cfg.data, cfg.network)
     model = TrainModel(cfg, groups.layer_comm, cfg.train.seed if seed is None else seed)
     return groups, dataset, model
@@ -196,7 +200,7 @@ def is_local(cfg: Any) -> bool:
 
 
 def batch_gradient(
-    groups: _Groups,
+    groups: RankGroups,
     model: TrainModel,
     params: list[torch.nn.Parameter],
     x: torch.Tensor,
@@ -210,9 +214,9 @@ def batch_gradient(
     The loss is the mean over the batch, or the batch's part of the mean over
     ``total`` samples. Returns it and the number of correct predictions, the same on every rank.
     """
-    share = np.array_split(index.numpy(), groups.data_parallel)[groups.group]
+    share = groups.share(index.numpy())
     loss, right = model.loss_backward(x[share], y[share], len(share) / (total or len(index)), key=key)
-    return _sum_over_data_groups(groups, params, loss, right)
+    return sum_over_data_groups(groups, params, loss, right)
 
 
 def _lbfgs_epoch(tao, iterations, groups, model, params, x, y, batches) -> tuple[float, int, int]:
@@ -231,12 +235,12 @@ def _lbfgs_epoch(tao, iterations, groups, model, params, x, y, batches) -> tuple
     return last["loss"] * len(y), last["right"], len(y)
 
 
-def _bytes_sent(groups: _Groups, model: TrainModel) -> int:
+def _bytes_sent(groups: RankGroups, model: TrainModel) -> int:
     """Bytes this rank has sent: the network's MGRIT and weight messages, gradient sums and the loop's own collectives."""
     return groups.world.bytes_sent + groups.data.bytes_sent + model.bytes_sent
 
 
-def _sum_over_data_groups(groups: _Groups, params: list[torch.nn.Parameter], loss: float, right: int) -> tuple[float, int]:
+def sum_over_data_groups(groups: RankGroups, params: list[torch.nn.Parameter], loss: float, right: int) -> tuple[float, int]:
     """Each group's loss carries the weight of its share, so summing gives the whole batch's mean and gradient."""
     if groups.data_parallel == 1:
         return loss, right

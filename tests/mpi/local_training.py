@@ -23,5 +23,14 @@ for schedule in ("parallel", "sequential", "multilap"):
     network, heads = prepared[0].full_state()
     metrics = [{k: v for k, v in r.items() if k not in TIMES} for r in result.metrics]
     out[schedule] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads}
+# Two data groups, each holding all blocks on half the ranks and taking half of every batch.
+if comm.Get_size() % 2 == 0:
+    overrides = {"train.strategy": "trgl", "train.blocks": 4, "train.local_schedule": "multilap", "train.epochs": 2, "train.tau": 0.05}
+    cfg = mr.load_config("examples/tiny_train.toml", {**overrides, "train.data_parallel": 2})
+    prepared = local.prepare(cfg, comm)
+    result = local.train(cfg, comm, prepared=prepared)
+    network, heads = prepared[0].full_state()
+    metrics = [{k: v for k, v in r.items() if k not in TIMES} for r in result.metrics]
+    out["data_parallel"] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads}
 if comm.Get_rank() == 0:
     torch.save(out, sys.argv[1])
