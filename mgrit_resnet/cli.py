@@ -1,4 +1,6 @@
-"""The ``mgrit-resnet`` command line: ``solve``, ``train``, ``compare``, ``sweep``, ``plot``, ``predict``, ``verify`` and ``info``.
+"""The ``mgrit-resnet`` command line.
+
+Verbs: ``solve``, ``train``, ``compare``, ``sweep``, ``plot``, ``predict``, ``tune``, ``verify`` and ``info``.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input ends every rank with exit code 2 and one message; an
@@ -24,6 +26,7 @@ from .config import ConfigError, load_config, parse_overrides
 from .mgrit import MGRIT
 from .plot import plot_residuals
 from .predict_cli import DEFAULT_RANKS
+from .tune import DEFAULT_COARSENING, DEFAULT_LEVELS
 
 EXIT_BAD_INPUT = 2
 
@@ -86,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--measure-network", action="store_true", help="measure alpha and beta by a ping-pong between ranks 0 and 1")
     predict.add_argument("--json", metavar="FILE", help="write the prediction and the calibration as JSON")
     predict.add_argument("--out", metavar="FILE", help="draw time and speedup against ranks (PNG, PDF or SVG)")
+    tune = verb("tune", "MGRIT hierarchies for a one-shot training step: predicted time at P ranks against measured gradient error")
+    tune.add_argument("--ranks", required=True, help="the rank count P to predict for")
+    tune.add_argument("--levels", default=DEFAULT_LEVELS, help="numbers of levels to try, comma-separated (default %(default)s)")
+    tune.add_argument("--coarsening", default=DEFAULT_COARSENING, help="coarsening factors to try, comma-separated (default %(default)s)")
+    tune.add_argument("--steps", type=int, default=8, help="optimiser steps per hierarchy for the gradient error (default %(default)s)")
+    tune.add_argument("--rounds", type=int, default=2, help="calibrations per hierarchy, the shortest kept (default %(default)s)")
+    tune.add_argument("--max-error", type=float, default=0.01, help="gradient error a recommendation may have (default %(default)s)")
+    tune.add_argument("--json", metavar="FILE", help="write every row and the recommendation as JSON")
+    tune.add_argument("--out", metavar="FILE", help="draw gradient error against predicted time (PNG, PDF or SVG)")
     verbs.add_parser("info", help="versions, ranks, threads and devices")
     return parser
 
@@ -115,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for option in ("json", "out"):
                 _check_output_path(f"--{option}", getattr(args, option))
             job = prepare_predict(args, comm, rank)
+        elif args.verb == "tune":
+            from .tune import prepare_tune
+
+            for option in ("json", "out"):
+                _check_output_path(f"--{option}", getattr(args, option))
+            job = prepare_tune(args, comm, rank)
         elif args.verb == "compare":
             from .compare import prepare_compare
 

@@ -264,6 +264,11 @@ class Config:
         """Every table as a dict of its keys and values."""
         return {name: getattr(self, name).as_dict() for name in SCHEMA}
 
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A new validated config: these values with ``overrides`` (dotted keys, as for :func:`load_config`) applied."""
+        flat = {f"{section}.{key}": value for section, table in self.as_dict().items() for key, value in table.items()}
+        return load_config(None, {**flat, **overrides})
+
 
 def toml_value(value: Any) -> str:
     """``value`` written as TOML (a complex number as a string, as ``--set problem.z=-1+2j`` reads it)."""

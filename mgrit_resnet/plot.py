@@ -293,3 +293,47 @@ def _trained(curve: list[dict], block: int) -> list[dict]:
         if trained is None or (block if block >= 0 else len(point["head_val_accuracy"]) - 1) in trained:
             return curve[i:]
     return []
+
+
+def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None) -> Path:
+    """Gradient error against predicted step time, one point per hierarchy, the Pareto front joined.
+
+    Parameters
+    ----------
+    rows
+        :class:`~mgrit_resnet.tune.TuneRow` objects.
+    path
+        Output image (``.png``, ``.pdf``, ``.svg``).
+    chosen
+        The recommended row, circled.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("plot_tune: no hierarchy to draw")
+    floor = min([r.grad_error for r in rows if r.grad_error > 0], default=1e-16) / 10  # an exact gradient sits on the floor
+    error = lambda r: max(r.grad_error, floor)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([r.time * 1e3 for r in rows], [error(r) for r in rows], color="tab:blue")
+    for r in rows:
+        ax.annotate(f"{r.levels}L m{r.coarsening}", (r.time * 1e3, error(r)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((r for r in rows if r.pareto), key=lambda r: r.time)
+    ax.plot([r.time * 1e3 for r in front], [error(r) for r in front], "--", color="tab:orange", label="Pareto front")
+    if chosen is not None:
+        ax.scatter([chosen.time * 1e3], [error(chosen)], s=160, facecolors="none", edgecolors="tab:red", label="recommended")
+    ax.set_yscale("log")
+    ax.set(
+        xlabel=f"predicted one-shot step at P = {rows[0].ranks} [ms]",
+        ylabel="relative gradient error",
+        title=f"MGRIT hierarchies (serial step {rows[0].serial_time * 1e3:.2f} ms)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

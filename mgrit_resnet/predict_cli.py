@@ -14,15 +14,21 @@ from .config import load_config, parse_overrides
 DEFAULT_RANKS = "1,2,4,8,16,32,64,128,256,512,1024"
 
 
+def parse_int_list(option: str, text: str, minimum: int) -> list[int]:
+    """``"4,1,2,2"`` -> ``[1, 2, 4]``; a clear error naming ``option`` for anything but integers >= ``minimum``."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < minimum:
+        example = ",".join(str(minimum * 2**k) for k in range(4))
+        raise ValueError(f"{option} must be a comma-separated list of integers >= {minimum} (e.g. {example}); got {text!r}")
+    return sorted(set(values))
+
+
 def parse_ranks(text: str) -> list[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]``; a clear error for anything but positive integers."""
-    try:
-        ranks = [int(part) for part in text.split(",")]
-    except ValueError:
-        ranks = []
-    if not ranks or min(ranks) < 1:
-        raise ValueError(f"--ranks must be a comma-separated list of integers >= 1 (e.g. 1,2,4,8); got {text!r}")
-    return sorted(set(ranks))
+    return parse_int_list("--ranks", text, minimum=1)
 
 
 def prepare_predict(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:

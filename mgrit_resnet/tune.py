@@ -1,0 +1,246 @@
+"""The ``tune`` verb: MGRIT hierarchies for a one-shot training step, by predicted time and measured gradient error.
+
+A hierarchy that makes a step fast at ``P`` ranks may make its gradient
+inexact: the performance model (:mod:`.perfmodel`) predicts the first, and
+only a measurement gives the second. For every candidate (number of levels x
+coarsening factor) this module
+
+* predicts the one-shot step time at ``P`` ranks from a one-rank calibration;
+* measures the relative gradient error of the same step against the exact
+  gradient, over a few optimisation steps on the config's own data, cycling a
+  few batches so that warm starts act as they do in training (the error does
+  not depend on the rank count: MGRIT computes the same numbers at any ``P``);
+
+and marks the candidates no other beats in both (the Pareto front).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import load_config, parse_overrides
+from .hierarchy import Hierarchy
+from .predict_cli import parse_int_list
+
+DEFAULT_LEVELS = "2,3,4"
+DEFAULT_COARSENING = "2,4,8"
+
+
+@dataclass
+class TuneRow:
+    """One candidate hierarchy: its predicted step time at ``ranks`` and its measured gradient error."""
+
+    levels: int
+    coarsening: int
+    relax: str | list[str]
+    ranks: int
+    time: float
+    serial_time: float
+    grad_error: float
+    pareto: bool = False
+
+    @property
+    def speedup(self) -> float:
+        return self.serial_time / self.time
+
+    def describe(self) -> str:
+        relax = self.relax if isinstance(self.relax, str) else "/".join(self.relax)
+        return f"{self.levels} levels, m = {self.coarsening}, relax {relax}"
+
+    def overrides(self) -> list[str]:
+        """The ``--set`` options that select this hierarchy."""
+        relax = self.relax if isinstance(self.relax, str) else json.dumps(self.relax)  # a TOML array
+        return [f"mgrit.levels={self.levels}", f"mgrit.coarsening={self.coarsening}", f"mgrit.relax={relax}"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def candidates(depth: int, levels: Sequence[int], coarsening: Sequence[int], min_coarse: int) -> list[tuple[int, int]]:
+    """``(levels, coarsening)`` pairs that give distinct multilevel hierarchies on ``depth`` layers.
+
+    A pair whose coarsest level would fall under ``min_coarse`` points is
+    kept only as the hierarchy it really builds (fewer levels), once.
+    """
+    seen, out = set(), []
+    for m in coarsening:
+        for count in levels:
+            built = Hierarchy.build(depth + 1, count, m, min_coarse)
+            if built.n_levels < 2 or built.factors in seen:
+                continue
+            seen.add(built.factors)
+            out.append((built.n_levels, m))
+    return out
+
+
+def relaxation(pattern: str | Sequence[str], levels: int) -> str | list[str]:
+    """``mgrit.relax`` for ``levels`` levels following ``pattern``: one string for all levels, or a list whose
+    first entry is the fine level's and last entry every coarser level's (``["F", "FCF"]``: F on the fine level, FCF below)."""
+    if isinstance(pattern, str):
+        return pattern
+    return pattern[0] if levels == 2 else [pattern[0]] + [pattern[-1]] * (levels - 2)
+
+
+def pareto_front(rows: Sequence[TuneRow]) -> None:
+    """Mark every row that no other row beats in both time and gradient error."""
+    for row in rows:
+        row.pareto = not any(
+            other.time <= row.time and other.grad_error <= row.grad_error and (other.time, other.grad_error) != (row.time, row.grad_error)
+            for other in rows
+        )
+
+
+def recommend(rows: Sequence[TuneRow], max_error: float) -> TuneRow | None:
+    """The fastest row whose gradient error is at most ``max_error``, if any."""
+    good = [r for r in rows if r.grad_error <= max_error]
+    return min(good, key=lambda r: r.time) if good else None
+
+
+def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
+    """Median relative gradient error of one-shot steps of ``cfg`` over the second half of ``steps`` optimiser steps.
+
+    The steps cycle the first ``batches`` batches of the training set, warm-started per batch as in training.
+    """
+    from .data import load_dataset
+    from .nn import LayerParallel
+    from .perfmodel import training_step
+    from .training.optim import make_optimizer
+
+    t = cfg.train
+    dataset = load_dataset(cfg.data, cfg.network)
+    chosen = dataset.batches(0, t.batch_size, t.seed)[:batches]
+    par = LayerParallel.from_config(
+        cfg.network, cfg.mgrit, seed=t.seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=t.warm_start, track_grad_error=True
+    )
+    optimizer = make_optimizer(t, list(par.parameters()))
+    x = dataset.train_x.to(par.spec.torch_dtype)
+    errors = []
+    for step in range(steps):
+        b = step % len(chosen)
+        training_step(par, optimizer, x[chosen[b]], dataset.train_y[chosen[b]], key=b)
+        errors.append(par.stats.grad_error)
+    return statistics.median(errors[len(errors) // 2 :])
+
+
+def tune(
+    cfg: Any,
+    ranks: int,
+    levels: Sequence[int],
+    coarsening: Sequence[int],
+    steps: int = 8,
+    network: tuple[float, float] | None = None,
+    rounds: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> list[TuneRow]:
+    """Predict and measure every candidate hierarchy of ``cfg`` (one rank); rows sorted by predicted time, Pareto front marked.
+
+    Relaxation follows ``cfg.mgrit.relax`` (see :func:`relaxation`). Every
+    candidate is calibrated in each of ``rounds`` rounds, the rounds one after
+    the other, and keeps its shortest prediction: a machine whose speed drifts
+    then slows every candidate alike rather than the one calibrated at a bad moment.
+    ``progress`` is called after each calibration and each error measurement.
+    """
+    from . import perfmodel
+
+    network = perfmodel.CLUSTER_NETWORK if network is None else network
+    configs = {}
+    for count, m in candidates(cfg.network.depth, levels, coarsening, cfg.mgrit.min_coarse):
+        relax = relaxation(cfg.mgrit.relax, count)
+        configs[count, m, json.dumps(relax)] = cfg.with_overrides({"mgrit.levels": count, "mgrit.coarsening": m, "mgrit.relax": relax})
+    times: dict[Any, list[float]] = {key: [] for key in configs}
+    serial_times = []
+    for _ in range(rounds):
+        for key, candidate in configs.items():
+            calibration, predicted = perfmodel.predict(candidate, [ranks], of="train", network=network)
+            times[key].append(predicted[0].time)
+            serial_times.append(calibration.serial_time)
+            if progress is not None:
+                progress("calibrated")
+    serial = statistics.median(serial_times)  # the serial step does not depend on the hierarchy
+    rows = []
+    for (count, m, relax), candidate in configs.items():
+        error = gradient_error(candidate, steps)
+        rows.append(TuneRow(count, m, json.loads(relax), ranks, min(times[count, m, relax]), serial, error))
+        if progress is not None:
+            progress("measured")
+    rows.sort(key=lambda r: r.time)
+    pareto_front(rows)
+    return rows
+
+
+def format_rows(rows: Sequence[TuneRow], chosen: TuneRow | None) -> str:
+    """The table the verb prints: one line per candidate, ``*`` on the Pareto front, ``<`` on the recommendation."""
+    lines = [f"{'hierarchy':<32} {'step [ms]':>10} {'speedup':>8} {'grad error':>11}"]
+    for r in rows:
+        mark = ("*" if r.pareto else " ") + ("<" if r is chosen else " ")
+        lines.append(f"{r.describe():<32} {r.time * 1e3:10.3f} {r.speedup:8.2f} {r.grad_error:11.2e} {mark}")
+    return "\n".join(lines)
+
+
+def prepare_tune(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
+    """Check the input on every rank; the job calibrates, measures and prints on rank 0."""
+    cfg = load_config(args.config, parse_overrides(args.set))
+    ranks = parse_int_list("--ranks", args.ranks, minimum=1)
+    if len(ranks) != 1:
+        raise ValueError(f"--ranks takes one rank count for tune; got {args.ranks!r}")
+    ranks = ranks[0]
+    levels = parse_int_list("--levels", args.levels, minimum=2)
+    coarsening = parse_int_list("--coarsening", args.coarsening, minimum=2)
+    if args.steps < 2:
+        raise ValueError(f"--steps must be at least 2 (the error is taken over the second half); got {args.steps}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
+    if not args.max_error > 0:
+        raise ValueError(f"--max-error must be a number > 0; got {args.max_error!r}")
+    depth = cfg.network.depth
+    if depth < 2 * ranks - 1:
+        raise ValueError(f"--ranks {ranks}: network.depth = {depth} < 2 * ranks - 1, so some rank would hold no layer")
+    if not candidates(depth, levels, coarsening, cfg.mgrit.min_coarse):
+        raise ValueError(
+            f"no multilevel hierarchy from --levels {args.levels} and --coarsening {args.coarsening} on {depth} layers "
+            f"with mgrit.min_coarse = {cfg.mgrit.min_coarse}"
+        )
+
+    def run() -> int:
+        if rank != 0:
+            return 0
+        from tqdm import tqdm
+
+        todo = len(candidates(depth, levels, coarsening, cfg.mgrit.min_coarse)) * (args.rounds + 1)
+        bar = tqdm(total=todo, desc="tune", unit="run", disable=not sys.stderr.isatty(), leave=False)
+        try:
+            rows = tune(cfg, ranks, levels, coarsening, args.steps, rounds=args.rounds, progress=lambda what: bar.update(1))
+        finally:
+            bar.close()
+        chosen = recommend(rows, args.max_error)
+        t = cfg.train
+        print(
+            f"one-shot step ({t.fwd_iters} forward / {t.bwd_iters} adjoint iterations) at P = {ranks}, "
+            f"serial step {rows[0].serial_time * 1e3:.3f} ms; gradient error over {args.steps} steps"
+        )
+        print(format_rows(rows, chosen))
+        print("* on the Pareto front (no other hierarchy is both faster and more accurate)")
+        if chosen is None:
+            print(f"no hierarchy reaches --max-error {args.max_error:g}: add iterations (train.fwd_iters, train.bwd_iters)")
+        else:
+            options = " ".join(f"--set {shlex.quote(o)}" for o in chosen.overrides())
+            print(f"< fastest with gradient error <= {args.max_error:g}: {options}")
+        if args.json:
+            document = {"ranks": ranks, "max_error": args.max_error, "rows": [r.as_dict() for r in rows]}
+            document["recommended"] = None if chosen is None else chosen.as_dict()
+            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        if args.out:
+            from .plot import plot_tune
+
+            print(f"wrote {plot_tune(rows, args.out, chosen)}")
+        return 0
+
+    return run
