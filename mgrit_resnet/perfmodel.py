@@ -21,6 +21,7 @@ busy machine slows the calibration less than it slows wall clocks.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter
@@ -64,6 +65,9 @@ class StepCosts:
         Size of one state (a message) and of one layer's parameters.
     layers
         Layers ``per_layer`` is paid for on one rank (training).
+    replicated_bytes
+        Size of the replicated parameters (opening layer and classifier): with
+        data groups, every rank sums them over the groups with its own layers' gradients.
     """
 
     forward: list[float]
@@ -75,6 +79,7 @@ class StepCosts:
     weight_bytes: int = 0
     layers: int = 0
     scale: float = 1.0
+    replicated_bytes: int = 0
 
 
 @dataclass
@@ -201,6 +206,7 @@ def simulate_training_step(
     network: tuple[float, float],
     fwd_iters: int,
     bwd_iters: int,
+    data_groups: int = 1,
 ) -> tuple[float, dict[str, dict[int, int]]]:
     """Predicted wall time of one warm-started one-shot training step of :class:`~mgrit_resnet.nn.LayerParallel`.
 
@@ -209,6 +215,13 @@ def simulate_training_step(
     the last rank, the replicated classifier and loss, the adjoint solve
     over the ranks in reverse order on the mirrored partition, ``lambda_0``
     broadcast from rank 0, then the owned layers' gradients and updates.
+
+    With ``data_groups = D`` (``train.data_parallel``), ``ranks`` is the number
+    of layer-ranks of one group and ``costs`` those of a group's share of the
+    batch; the ``D`` groups run the same schedule at once, and then every
+    rank sums its gradients (its layers' and the replicated ones) with its
+    counterparts in the other groups: an allreduce of
+    ``ceil(log2 D) (alpha + beta bytes)``, as :class:`~mgrit_resnet.vclock.ClockedBackend` charges one.
 
     Returns
     -------
@@ -236,7 +249,11 @@ def simulate_training_step(
         solver = MGRIT(adjoint, comm=reversed_backend, partition=adj_bounds, **_fixed(options, bwd_iters))
         solver.solve(initial_guess=_warm_states(solver, reversed_backend.rank))
         clocked.bcast_buffer(np.zeros(1), 0)
-        clock.charge(costs.per_layer * (layer_bounds[rank + 1] - layer_bounds[rank]))
+        owned = layer_bounds[rank + 1] - layer_bounds[rank]
+        clock.charge(costs.per_layer * owned)
+        if data_groups > 1:
+            gradient_bytes = owned * costs.weight_bytes + costs.replicated_bytes
+            clock.time += math.ceil(math.log2(data_groups)) * (network[0] + network[1] * gradient_bytes)
         return clock.time, forward.calls, adjoint.calls
 
     results = ThreadWorld(ranks).run(program)
@@ -358,7 +375,11 @@ def training_step(model: Any, optimizer: Any, x: Any, y: Any, key: Any = 0) -> f
 
 
 def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration:
-    """Measure, on one rank, the costs of a one-shot training step of ``cfg`` (``train.fwd_iters`` / ``bwd_iters``)."""
+    """Measure, on one rank, the costs of a one-shot training step of ``cfg`` (``train.fwd_iters`` / ``bwd_iters``).
+
+    The serial reference takes the whole batch; with ``train.data_parallel = D``
+    the layer-parallel parts take one group's share (the largest, ``ceil(batch / D)``).
+    """
     import torch
 
     from .nn import LayerParallel, ODEResNet
@@ -371,12 +392,14 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
     serial = ODEResNet.from_config(cfg.network, seed=seed)
     serial_optimizer = make_optimizer(t, list(serial.parameters()))
     serial_time = cpu_seconds(lambda: training_step(serial, serial_optimizer, x, y), repeats)
+    share = -(-len(y) // t.data_parallel)
+    x, y = x[:share], y[:share]
 
     par = LayerParallel.from_config(cfg.network, cfg.mgrit, seed=seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=True)
     optimizer = make_optimizer(t, list(par.parameters()))
     for _ in range(2):  # the warm start in place
         training_step(par, optimizer, x, y)
-    one_rank_time = cpu_seconds(lambda: training_step(par, optimizer, x, y), repeats)
+    one_rank_time = cpu_seconds(lambda: training_step(par, optimizer, x, y), repeats)  # a group of one rank
 
     spec, depth = par.spec, par.spec.depth
     hierarchy = par._forward_solver.hierarchy
@@ -420,6 +443,7 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
         state_bytes=x0.numel() * x0.element_size(),
         weight_bytes=weight_bytes,
         layers=depth,
+        replicated_bytes=sum(p.numel() * p.element_size() for m in (par.opening, par.classifier) for p in m.parameters()),
     )
     options = _solver_options(cfg)
     _, calls = simulate_training_step(depth, options, 1, costs, (0.0, 0.0), t.fwd_iters, t.bwd_iters)
@@ -453,7 +477,8 @@ def predict(
         Rank counts to predict.
     of
         ``"train"``: one one-shot training step of ``[network]`` with
-        ``train.fwd_iters`` / ``bwd_iters`` and the ``[mgrit]`` hierarchy;
+        ``train.fwd_iters`` / ``bwd_iters`` and the ``[mgrit]`` hierarchy
+        (with ``train.data_parallel = D``, ``P`` ranks are ``D`` groups of ``P / D``);
         ``"solve"``: the MGRIT solve of ``[problem]`` (its iteration count
         measured on one rank: it is the same at every rank count).
     network
@@ -471,11 +496,15 @@ def predict(
     for p in ranks:
         try:
             if of == "train":
-                depth = cfg.network.depth
-                if depth < 2 * p - 1:
-                    raise ValueError(f"network.depth = {depth} < 2 * ranks - 1: some rank would hold no layer")
+                depth, groups = cfg.network.depth, cfg.train.data_parallel
+                if p % groups:
+                    raise ValueError(f"train.data_parallel = {groups} does not divide the ranks")
+                if depth < 2 * (p // groups) - 1:
+                    per_group = "" if groups == 1 else " per data group"
+                    raise ValueError(f"network.depth = {depth} < 2 * ranks{per_group} - 1: some rank would hold no layer")
                 fwd, bwd = calibration.iterations
-                elapsed, _ = simulate_training_step(depth, _solver_options(cfg), p, calibration.costs, network, fwd, bwd)
+                options = _solver_options(cfg)
+                elapsed, _ = simulate_training_step(depth, options, p // groups, calibration.costs, network, fwd, bwd, groups)
             else:
                 elapsed, _ = simulate_solve(
                     cfg.problem.n_steps, _solver_options(cfg), p, calibration.costs, network, calibration.iterations[0]

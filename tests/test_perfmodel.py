@@ -171,6 +171,34 @@ def test_adjoint_partition_does_not_chain_the_ranks():
     assert relax_only(adj) <= 4  # one F-interval's worth of steps, not a chain over 64 ranks
 
 
+def test_data_groups_add_one_gradient_allreduce():
+    """D groups run the same schedule at once, then sum gradients: ceil(log2 D) rounds of alpha + beta * bytes."""
+    options = dict(levels=2, coarsening=2, min_coarse=2, relax="F", cycle="V", initial_guess="zero")
+    costs = perfmodel.StepCosts(
+        forward=[1.0, 2.0], adjoint=[1.5, 2.5], per_layer=0.5, replicated=0.25, weight_bytes=100, replicated_bytes=40
+    )
+    alpha = 10.0
+    base, _ = perfmodel.simulate_training_step(8, options, 2, costs, (alpha, 0.0), 1, 1)
+    for groups, rounds in ((2, 1), (3, 2), (4, 2), (8, 3)):
+        time, _ = perfmodel.simulate_training_step(8, options, 2, costs, (alpha, 0.0), 1, 1, data_groups=groups)
+        assert time == base + rounds * alpha
+    beta = 1e-3  # one layer-rank per group holds all 8 layers and the replicated parameters
+    base, _ = perfmodel.simulate_training_step(8, options, 1, costs, (0.0, beta), 1, 1)
+    time, _ = perfmodel.simulate_training_step(8, options, 1, costs, (0.0, beta), 1, 1, data_groups=2)
+    assert time == pytest.approx(base + beta * (8 * 100 + 40), rel=1e-12)
+
+
+def test_prediction_with_data_groups_splits_the_ranks():
+    cfg = mr.load_config(ROOT / "examples/tiny_train.toml", overrides={"train.data_parallel": 2})
+    costs = perfmodel.StepCosts(forward=[1.0, 2.0], adjoint=[1.5, 2.5], per_layer=0.5, weight_bytes=100, replicated_bytes=40)
+    calibration = perfmodel.Calibration(costs, serial_time=100.0, one_rank_time=50.0, iterations=(1, 1), what="test")
+    _, rows = perfmodel.predict(cfg, [3, 4, 16], network=(1.0, 0.0), calibration=calibration)
+    assert rows[0].time is None and "train.data_parallel = 2 does not divide the ranks" in rows[0].note
+    options = perfmodel._solver_options(cfg)
+    assert rows[1].time == perfmodel.simulate_training_step(13, options, 2, costs, (1.0, 0.0), 1, 1, data_groups=2)[0]
+    assert rows[2].time is None and "2 * ranks per data group - 1" in rows[2].note
+
+
 def test_prediction_at_one_rank_reproduces_the_calibration():
     cfg = mr.load_config(ROOT / "examples/tiny_train.toml", overrides={"network.depth": 16, "train.batch_size": 8})
     calibration, rows = perfmodel.predict(cfg, [1, 2, 4, 9], of="train", network=(1e-6, 1e-10))
