@@ -459,6 +459,16 @@ def _solver_options(cfg: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- prediction
+def check_training_ranks(cfg: Any, ranks: int) -> None:
+    """Raise ``ValueError`` saying why ``ranks`` ranks cannot run a training step of ``cfg``, if they cannot."""
+    depth, groups = cfg.network.depth, cfg.train.data_parallel
+    if ranks % groups:
+        raise ValueError(f"train.data_parallel = {groups} does not divide the ranks")
+    if depth < 2 * (ranks // groups) - 1:
+        per_group = "" if groups == 1 else " per data group"
+        raise ValueError(f"network.depth = {depth} < 2 * ranks{per_group} - 1: some rank would hold no layer")
+
+
 def predict(
     cfg: Any,
     ranks: Sequence[int],
@@ -496,12 +506,8 @@ def predict(
     for p in ranks:
         try:
             if of == "train":
+                check_training_ranks(cfg, p)
                 depth, groups = cfg.network.depth, cfg.train.data_parallel
-                if p % groups:
-                    raise ValueError(f"train.data_parallel = {groups} does not divide the ranks")
-                if depth < 2 * (p // groups) - 1:
-                    per_group = "" if groups == 1 else " per data group"
-                    raise ValueError(f"network.depth = {depth} < 2 * ranks{per_group} - 1: some rank would hold no layer")
                 fwd, bwd = calibration.iterations
                 options = _solver_options(cfg)
                 elapsed, _ = simulate_training_step(depth, options, p // groups, calibration.costs, network, fwd, bwd, groups)

@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import load_config, parse_overrides
 from .hierarchy import Hierarchy
+from .perfmodel import check_training_ranks
 from .predict_cli import parse_int_list
 
 DEFAULT_LEVELS = "2,3,4"
@@ -200,12 +201,11 @@ def prepare_tune(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[],
         raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
     if not args.max_error > 0:
         raise ValueError(f"--max-error must be a number > 0; got {args.max_error!r}")
-    depth, groups = cfg.network.depth, cfg.train.data_parallel
-    if ranks % groups:
-        raise ValueError(f"--ranks {ranks}: train.data_parallel = {groups} must divide it")
-    if depth < 2 * (ranks // groups) - 1:
-        per_group = "" if groups == 1 else " per data group"
-        raise ValueError(f"--ranks {ranks}: network.depth = {depth} < 2 * ranks{per_group} - 1, so some rank would hold no layer")
+    try:
+        check_training_ranks(cfg, ranks)
+    except ValueError as error:
+        raise ValueError(f"--ranks {ranks}: {error}") from None
+    depth = cfg.network.depth
     if not candidates(depth, levels, coarsening, cfg.mgrit.min_coarse):
         raise ValueError(
             f"no multilevel hierarchy from --levels {args.levels} and --coarsening {args.coarsening} on {depth} layers "
