@@ -204,7 +204,7 @@ class LocalTrainer:
             return None
         correct = np.zeros(self.n_blocks)
         share = self.groups.share(np.arange(len(y)))  # each data group evaluates its part
-        mine_x, mine_y = x[share], y[share]
+        mine_x, mine_y = (x, y) if len(share) == len(y) else (x[share], y[share])
         for start in range(0, len(mine_y), EVAL_BATCH):
             rows = mine_y[start : start + EVAL_BATCH]
             state = mine_x[start : start + EVAL_BATCH] if self.mine.start == 0 else self.pipe.recv(_EVAL, len(rows))
