@@ -272,6 +272,8 @@ class Config:
 
 def toml_value(value: Any) -> str:
     """``value`` written as TOML (a complex number as a string, as ``--set problem.z=-1+2j`` reads it)."""
+    if callable(getattr(value, "item", None)):  # a NumPy or torch scalar: its Python value
+        value = value.item()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, complex):

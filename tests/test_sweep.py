@@ -279,9 +279,9 @@ def test_train_sweep_writes_accuracies_equal_to_direct_training(tmp_path, capsys
     from mgrit_resnet.training.loop import train
 
     out = tmp_path / "t.csv"
-    args = ["sweep", TINY, "--verb", "train", "--set", "train.epochs=1", "--grid", "train.strategy=serial,one_shot"]
+    args = ["sweep", TINY, "--verb", "train", "--set", "train.epochs=1", "--grid", "train.strategy=serial,one_shot,trgl"]
     assert main([*args, "--grid", "train.lr=0.05", "--out", str(out)]) == 0
-    assert len(points_run(capsys.readouterr().out)) == 2
+    assert len(points_run(capsys.readouterr().out)) == 3
     rows = read(out)
     assert rows[0] == ["train.strategy", "train.lr", *TRAIN_COLUMNS]
     for row in rows[1:]:

@@ -213,7 +213,7 @@ class LocalTrainer:
                 correct[block.index] += int((logits.argmax(1).cpu() == rows).sum())
             if self.pipe.right is not None:
                 self.pipe.send(_EVAL, state)
-        return list(np.sum(self.backend.allgather(correct), axis=0) / len(y))
+        return [float(v) for v in np.sum(self.backend.allgather(correct), axis=0) / len(y)]
 
     def end_epoch(self, training: tuple[int, ...]) -> float | None:
         """Step the schedules of the blocks that trained; the learning rate of the last of them (``None`` elsewhere)."""
