@@ -79,6 +79,8 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
         raise ValueError(f"plot: {str(metrics_file)!r} has no epochs yet")
     summary_file = Path(run_dir) / "summary.json"
     strategy = json.loads(summary_file.read_text()).get("strategy", "") if summary_file.is_file() else ""
+    if rows[0].get("head_val_accuracy") is not None or "block_train_loss" in rows[0]:
+        return _plot_blockwise(rows, f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name, path)
     epochs = [r["epoch"] for r in rows]
     has_solver = any(r.get("fwd_residual") is not None for r in rows)
     fig, axes = plt.subplots(1, 3 if has_solver else 2, figsize=(13 if has_solver else 9, 3.8))
@@ -98,6 +100,45 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_blockwise(rows: list[dict], title: str, path: str | Path) -> Path:
+    """A block-wise (``local``, ``trgl``) run: every block's training loss and every head's validation accuracy, per row.
+
+    A row is one epoch of the blocks that trained in it (all of them under
+    ``parallel``, one at a time under ``sequential`` and ``multilap``); the
+    stages are shaded, so the stagnation of early heads shows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["epoch"] for r in rows]
+    blocks = len(rows[0]["block_train_loss"])
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.get_cmap("viridis")([k / max(blocks - 1, 1) for k in range(blocks)])
+    for k in range(blocks):
+        loss = [r["block_train_loss"][k] if k in r["blocks_trained"] else float("nan") for r in rows]
+        loss_ax.plot(x, loss, marker="o", color=colours[k], label=f"block {k}")
+        if rows[0].get("head_val_accuracy") is not None:
+            acc_ax.plot(x, [r["head_val_accuracy"][k] for r in rows], marker="s", color=colours[k], label=f"head {k}")
+    for start, r in enumerate(rows):  # shade every other stage
+        if r["stage"] % 2:
+            for ax in (loss_ax, acc_ax):
+                ax.axvspan(x[start] - 0.5, x[start] + 0.5, color="gray", alpha=0.08, linewidth=0)
+    loss_ax.set(xlabel="row of metrics.jsonl (an epoch of the blocks training)", ylabel="training loss of its head", yscale="log")
+    loss_ax.set_title("loss per block (while it trains)")
+    acc_ax.set(xlabel="row of metrics.jsonl (an epoch of the blocks training)", ylabel="validation accuracy", title="accuracy per head")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (shading: stages of the schedule)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

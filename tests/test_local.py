@@ -163,6 +163,20 @@ def test_a_checkpoint_is_written_after_every_epoch(tmp_path):
     assert len(seen) == 2 * cfg.train.epochs and saved["epoch"] == len(result.metrics) == len(seen)
 
 
+def test_plot_of_a_local_run_draws_every_block_and_head(tmp_path, monkeypatch):
+    from mgrit_resnet import plot
+
+    drawn = []
+    original = plot._plot_blockwise
+    monkeypatch.setattr(plot, "_plot_blockwise", lambda rows, title, path: drawn.append((rows, title)) or original(rows, title, path))
+    sets = ["--set", "train.strategy=trgl", "--set", "train.blocks=3", "--set", "train.local_schedule=sequential"]
+    assert main(["train", TINY, *sets, "--out", str(tmp_path)]) == 0
+    assert main(["plot", str(tmp_path)]) == 0
+    ((rows, title),) = drawn
+    assert len(rows) == 6 and len(rows[0]["block_train_loss"]) == 3 and title.endswith("trgl")
+    assert (tmp_path / "training.png").stat().st_size > 20_000
+
+
 def test_schedules_spend_the_same_budget_per_block():
     assert local.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
     assert local.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]
