@@ -177,6 +177,23 @@ def test_plot_of_a_local_run_draws_every_block_and_head(tmp_path, monkeypatch):
     assert (tmp_path / "training.png").stat().st_size > 20_000
 
 
+def test_mlp_heads_are_auxiliary_only_and_drawn_from_their_own_streams():
+    cfg = config(strategy="trgl", blocks=3, head_hidden=6)
+    trainer, _ = local.prepare(cfg, None)
+    first, middle, last = trainer.blocks
+    assert isinstance(last.head, torch.nn.Linear), "the last head is the network's classifier"
+    for block in (first, middle):
+        hidden, act, out = block.head
+        assert hidden.weight.shape == (6, 4) and out.weight.shape == (3, 6) and act.act is trainer.spec.act
+    assert not torch.equal(first.head[0].weight, middle.head[0].weight[:, :])
+    plain, _ = local.prepare(config(strategy="trgl", blocks=3), None)
+    assert torch.equal(plain.blocks[2].head.weight, last.head.weight)
+    assert torch.equal(plain.blocks[0].layers[0].weight, first.layers[0].weight), "heads do not disturb the layers' streams"
+    x = torch.randn(5, 3, dtype=torch.float64)
+    state, logits, _ = first(x)
+    assert logits.shape == (5, 3)
+
+
 def test_schedules_spend_the_same_budget_per_block():
     assert local.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
     assert local.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]
@@ -254,6 +271,7 @@ def test_local_bad_input(sets, message, capsys):
 
 RESUMED = ["train.strategy=trgl", "train.blocks=4", "train.local_schedule=multilap", "train.laps=2", "train.tau=0.05"]
 RESUMED += ["train.schedule=cosine"]  # the learning rate depends on the epoch: the schedules' state must come back too
+RESUMED += ["train.head_hidden=8"]  # MLP heads: nested parameter names in the checkpoint and the optimiser states
 
 
 def sets(pairs):

@@ -19,7 +19,7 @@ from .activations import ACTIVATIONS, Activation
 
 KINDS = ("dense", "conv")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD = 0, 1, 2, 3
+_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD, _ROLE_HEAD_OUTPUT = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -192,12 +192,32 @@ def make_opening(spec: NetworkSpec, seed: int, device: torch.device) -> nn.Modul
     return module
 
 
-def make_classifier(spec: NetworkSpec, seed: int, device: torch.device, head: int | None = None) -> nn.Module:
-    """The linear classifier on the (pooled) final state; ``head=k`` draws auxiliary head ``k`` from its own stream."""
+def make_classifier(spec: NetworkSpec, seed: int, device: torch.device, head: int | None = None, hidden: int = 0) -> nn.Module:
+    """The linear classifier on the (pooled) final state; ``head=k`` draws auxiliary head ``k`` from its own stream.
+
+    An auxiliary head with ``hidden > 0`` is a small MLP instead: linear to
+    ``hidden`` features, the network's activation, linear to the classes.
+    """
+    if head is not None and hidden > 0:
+        first, last = nn.Linear(spec.width, hidden), nn.Linear(hidden, spec.n_classes)
+        _set(first, seed, _ROLE_HEAD, spec.width, spec, device, head)
+        _set(last, seed, _ROLE_HEAD_OUTPUT, hidden, spec, device, head)
+        return nn.Sequential(first, _ActivationModule(spec.act), last)
     module = nn.Linear(spec.width, spec.n_classes)
     role, index = (_ROLE_CLASSIFIER, 0) if head is None else (_ROLE_HEAD, head)
     _set(module, seed, role, spec.width, spec, device, index)
     return module
+
+
+class _ActivationModule(nn.Module):
+    """The network's activation as a module (inside an MLP head)."""
+
+    def __init__(self, act: Activation) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act.apply(x)
 
 
 def open_state(spec: NetworkSpec, opening: nn.Module, x: torch.Tensor) -> torch.Tensor:

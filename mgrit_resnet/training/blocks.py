@@ -58,14 +58,19 @@ class LocalBlock(nn.Module):
         The network seed (as for ``ODEResNet``).
     device
         Where the parameters live.
+    head_hidden
+        Hidden width of an auxiliary head's MLP; 0 for a linear head. The last
+        block's head is the network's linear classifier either way.
     """
 
-    def __init__(self, spec: NetworkSpec, index: int, layers: range, last: bool, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, spec: NetworkSpec, index: int, layers: range, last: bool, seed: int, device: torch.device, head_hidden: int = 0
+    ) -> None:
         super().__init__()
         self.spec, self.index, self.layer_range, self.last = spec, index, layers, last
         self.opening = make_opening(spec, seed, device) if index == 0 else None
         self.layers = nn.ModuleList(ResidualLayer(spec, n, seed, device) for n in layers)
-        self.head = make_classifier(spec, seed, device, head=None if last else index)
+        self.head = make_classifier(spec, seed, device, head=None if last else index, hidden=head_hidden)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Output state, head logits, and the kinetic energy ``sum_m mean(g_m(x_m)^2)`` of the block.
@@ -115,6 +120,6 @@ class LocalBlock(nn.Module):
             parameter.copy_(state[key])
 
 
-def build_blocks(spec: NetworkSpec, seed: int, bounds: list[range], mine: range, device: Any) -> list[LocalBlock]:
-    """The blocks ``mine`` of a network cut at ``bounds``."""
-    return [LocalBlock(spec, k, bounds[k], k == len(bounds) - 1, seed, device) for k in mine]
+def build_blocks(spec: NetworkSpec, seed: int, bounds: list[range], mine: range, device: Any, head_hidden: int = 0) -> list[LocalBlock]:
+    """The blocks ``mine`` of a network cut at ``bounds`` (auxiliary heads with ``head_hidden`` hidden features, or linear)."""
+    return [LocalBlock(spec, k, bounds[k], k == len(bounds) - 1, seed, device, head_hidden) for k in mine]

@@ -136,7 +136,7 @@ class LocalTrainer:
         self.owned = split_evenly(self.n_blocks, self.layer_backend.size)
         self.mine = self.owned[self.layer_backend.rank]
         device = resolve_device(self.spec, comm_module.local_rank(self.backend))
-        self.blocks = build_blocks(self.spec, t.seed if seed is None else seed, self.bounds, self.mine, device)
+        self.blocks = build_blocks(self.spec, t.seed if seed is None else seed, self.bounds, self.mine, device, t.head_hidden)
         taus = block_taus(t.tau, self.n_blocks) if t.strategy == "trgl" else [float("inf")] * self.n_blocks
         self.taus = taus
         self.weights = {b.index: kinetic_weight(taus[b.index]) for b in self.blocks}
