@@ -229,9 +229,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "the number of ranks per data group and ``network.depth``); a rank holds one or more consecutive blocks",
         "local_schedule": "``local``, ``trgl``: ``parallel`` (all blocks at once, pipelined over the ranks), "
         "``sequential`` (one block after the other) or ``multilap`` (sequential, in ``laps`` laps)",
+        "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",
         "head_hidden": "``local``, ``trgl``: hidden width of every auxiliary head, an MLP (linear, activation, linear) "
         "on the (pooled) block output; ``0``: a linear head. The last block's head is the network's linear classifier",
-        "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",
         "tau": "``trgl``: the kinetic penalty of block :math:`k` has weight :math:`1/(2\\tau_k)`; a number gives "
         ":math:`\\tau/2` to the first :math:`K/2` blocks and :math:`\\tau` to the others; ``inf`` is ``local``",
     },
