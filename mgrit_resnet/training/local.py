@@ -38,7 +38,7 @@ from ..data import load_dataset
 from ..nn.layers import NetworkSpec, resolve_device
 from . import checkpoint
 from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
-from .loop import EVAL_BATCH, RankGroups, TrainResult, _write_config, sum_over_data_groups
+from .loop import EVAL_BATCH, RankGroups, TrainResult, start_output, sum_over_data_groups
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 
 LOCAL_STRATEGIES = ("local", "trgl")
@@ -163,9 +163,11 @@ class LocalTrainer:
         last = max(training)
         if self.mine.start > last:
             return
-        share = self.groups.share(np.arange(len(y)))
-        weight = len(share) / len(y)  # the groups' losses add up to the batch mean
-        x, y = (x, y) if weight == 1 else (x[share], y[share])
+        weight = 1.0
+        if self.groups.data_parallel > 1:
+            share = self.groups.share(np.arange(len(y)))
+            weight = len(share) / len(y)  # the groups' losses add up to the batch mean
+            x, y = x[share], y[share]
         state = x if self.mine.start == 0 else self.pipe.recv(_TRAIN, len(y))
         for block in self.blocks:
             if block.index > last:
@@ -185,8 +187,11 @@ class LocalTrainer:
         y = y.to(logits.device)
         cross_entropy = F.cross_entropy(logits, y)
         loss = cross_entropy + weight * kinetic if weight else cross_entropy
-        (loss if share == 1 else share * loss).backward()
-        sum_over_data_groups(self.groups, list(block.parameters()), 0.0, 0)
+        if share == 1:
+            loss.backward()
+        else:
+            (share * loss).backward()
+            sum_over_data_groups(self.groups, list(block.parameters()), 0.0, 0)
         optimizer.step()
         n = len(y)
         stats[block.index] += (
@@ -203,8 +208,10 @@ class LocalTrainer:
         if len(y) == 0:
             return None
         correct = np.zeros(self.n_blocks)
-        share = self.groups.share(np.arange(len(y)))  # each data group evaluates its part
-        mine_x, mine_y = (x, y) if len(share) == len(y) else (x[share], y[share])
+        mine_x, mine_y = x, y
+        if self.groups.data_parallel > 1:  # each data group evaluates its part
+            share = self.groups.share(np.arange(len(y)))
+            mine_x, mine_y = x[share], y[share]
         for start in range(0, len(mine_y), EVAL_BATCH):
             rows = mine_y[start : start + EVAL_BATCH]
             state = mine_x[start : start + EVAL_BATCH] if self.mine.start == 0 else self.pipe.recv(_EVAL, len(rows))
@@ -298,10 +305,7 @@ def train(
             raise ValueError("--resume needs --out DIR (the folder holding checkpoint.pt)")
         metrics, elapsed = _restore(out / "checkpoint.pt", trainer, plan)
     if out is not None and backend.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, out / "config.toml")
-        with open(out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in metrics)
+        start_output(out, cfg, metrics)
     batches = dataset.batches(0, t.batch_size, t.seed)
     started = time.perf_counter() - elapsed
     epochs_done = [0] * n_blocks  # blocks that train together have trained equally long; this orders their batches

@@ -134,10 +134,7 @@ def train(
         model.load_warm_state_dict(saved.get("warm_start"))
         metrics, start_epoch, elapsed = saved["metrics"], saved["epoch"], saved["wall_time"]
     if out is not None and groups.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, out / "config.toml")
-        with open(out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in metrics)
+        start_output(out, cfg, metrics)
 
     # Batches keep their samples across epochs (only their order changes), so a
     # one-shot warm start always meets the batch it was made for.
@@ -287,6 +284,14 @@ def _save(out, groups, model, optimizer, names, schedule, metrics, epoch, wall_t
     checkpoint.save_atomically(payload, out / "checkpoint.pt")
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics[-1]) + "\n")
+
+
+def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]]) -> None:
+    """Create ``out`` with ``config.toml`` and a ``metrics.jsonl`` holding ``metrics`` (those of a resumed run); rank 0 only."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(cfg, out / "config.toml")
+    with open(out / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metrics)
 
 
 def _write_config(cfg: Any, path: Path) -> None:
