@@ -2,7 +2,7 @@
 
 For every depth N and width of the dense network (batch 50, float32, Adam),
 the script calibrates the performance model on one rank
-(:mod:`mgrit_resnet.perfmodel`) for each candidate hierarchy, picks the
+(:mod:`mgrit_resnet.studies.perfmodel`) for each candidate hierarchy, picks the
 hierarchy with the shortest predicted step at ``--search-ranks`` ranks, and
 prints the prediction at P = 1 ... 1024 for it: time, speedup over the serial
 (layer-serial autograd) step, efficiency. The network is a cluster's
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgrit_resnet import perfmodel
 from mgrit_resnet.config import load_config
+from mgrit_resnet.studies import perfmodel
 
 ROOT = Path(__file__).resolve().parents[1]
 # (levels, coarsening, relaxation: one for all levels, or one per level)

@@ -4,14 +4,14 @@ Two cases: the MGRIT solve of heat 1D, and one warm-started one-shot training
 step (forward 2 / adjoint 1 iterations) of a dense layer-parallel network.
 For each case the script
 
-1. calibrates the model on one rank, in this process (:mod:`mgrit_resnet.perfmodel`);
+1. calibrates the model on one rank, in this process (:mod:`mgrit_resnet.studies.perfmodel`);
 2. measures the network's ``alpha`` and ``beta`` by a ping-pong on loopback
    (``mpiexec -n 2``), used by both the model and the virtual clock;
 3. predicts the wall time at P = 1, 2, 4, 8;
 4. measures the wall time at P = 1 and 2 (``mpiexec -n P``; median over
    repeats of the slowest rank's time);
 5. runs P = 1, 2, 4, 8 (oversubscribed on a small machine) with the virtual
-   clock (:class:`mgrit_resnet.vclock.ClockedBackend`): the time the same run
+   clock (:class:`mgrit_resnet.comm.clocked.ClockedBackend`): the time the same run
    takes with one core per rank;
 
 and prints the three side by side with the ratios model / measured and
@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgrit_resnet import perfmodel
 from mgrit_resnet.config import load_config
+from mgrit_resnet.studies import perfmodel
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.15
@@ -67,7 +67,7 @@ def config(case: str, quick: bool = False) -> Any:
 # ---------------------------------------------------------------------- workers (under mpiexec)
 def worker(args: argparse.Namespace) -> None:
     from mgrit_resnet import comm as comm_module
-    from mgrit_resnet.vclock import ClockedBackend, VirtualClock, measure_network, virtual_time
+    from mgrit_resnet.comm.clocked import ClockedBackend, VirtualClock, measure_network, virtual_time
 
     comm = comm_module.world()
     backend = comm_module.backend_for(comm)

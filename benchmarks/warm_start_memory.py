@@ -28,7 +28,7 @@ import torch
 import mgrit_resnet as mr
 from mgrit_resnet.config import parse_overrides
 from mgrit_resnet.nn import LayerParallel
-from mgrit_resnet.perfmodel import training_batch
+from mgrit_resnet.studies.perfmodel import training_batch
 
 
 def held_per_batch(cfg: Any, comm: Any, batches: int, relax_warm_start: bool) -> int:

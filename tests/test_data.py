@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mgrit_resnet.config import load_config
-from mgrit_resnet.data import Dataset, load_dataset, peaks, peaks_grid
 from mgrit_resnet.nn import NetworkSpec, ODEResNet
+from mgrit_resnet.training.data import Dataset, load_dataset, peaks, peaks_grid
 
 DIGITS_DENSE = dict(kind="dense", in_features=64, n_classes=10)
 DIGITS_CONV = dict(kind="conv", in_channels=1, image_size=8, n_classes=10)

@@ -164,7 +164,7 @@ def test_a_checkpoint_is_written_after_every_epoch(tmp_path):
 
 
 def test_plot_of_a_local_run_draws_every_block_and_head(tmp_path, monkeypatch):
-    from mgrit_resnet import plot
+    from mgrit_resnet.studies import plot
 
     drawn = []
     original = plot._plot_blockwise

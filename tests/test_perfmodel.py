@@ -10,11 +10,11 @@ import pytest
 from conftest import ROOT, mpirun, reports_per_rank_count
 
 import mgrit_resnet as mr
-from mgrit_resnet import perfmodel
 from mgrit_resnet.cli import main
-from mgrit_resnet.predict_cli import parse_ranks
-from mgrit_resnet.simulate import SimulationError, ThreadWorld
-from mgrit_resnet.vclock import ClockedBackend, VirtualClock
+from mgrit_resnet.cli.predict import parse_ranks
+from mgrit_resnet.comm.clocked import ClockedBackend, VirtualClock
+from mgrit_resnet.comm.threads import SimulationError, ThreadWorld
+from mgrit_resnet.studies import perfmodel
 
 TWO_LEVEL = dict(levels=2, coarsening=2, min_coarse=2, relax="F", cycle="V", initial_guess="zero")
 

@@ -14,7 +14,7 @@ from mgrit_resnet import theory
 from mgrit_resnet.cli import main
 from mgrit_resnet.config import ConfigError
 from mgrit_resnet.result import SolveResult
-from mgrit_resnet.sweep import SOLVE_COLUMNS, TRAIN_COLUMNS, parse_grid
+from mgrit_resnet.studies.sweep import SOLVE_COLUMNS, TRAIN_COLUMNS, parse_grid
 
 DAHLQUIST = str(ROOT / "examples" / "dahlquist.toml")
 HEAT = str(ROOT / "examples" / "heat1d.toml")

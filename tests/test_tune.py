@@ -8,7 +8,7 @@ from conftest import ROOT, mpirun
 import mgrit_resnet as mr
 from mgrit_resnet.cli import main
 from mgrit_resnet.config import parse_overrides
-from mgrit_resnet.tune import TuneRow, candidates, gradient_error, pareto_front, recommend, relaxation
+from mgrit_resnet.studies.tune import TuneRow, candidates, gradient_error, pareto_front, recommend, relaxation
 
 TINY = str(ROOT / "examples" / "tiny_train.toml")
 

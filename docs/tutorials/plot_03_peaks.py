@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import mgrit_resnet as mr
-from mgrit_resnet.data import peaks_grid
+from mgrit_resnet.training.data import peaks_grid
 from mgrit_resnet.training import train
 
 settings = {

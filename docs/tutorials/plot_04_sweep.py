@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import mgrit_resnet as mr
-from mgrit_resnet.sweep import read_table
+from mgrit_resnet.studies.sweep import read_table
 
 ROOT = Path(mr.__file__).resolve().parents[1]
 mpiexec = Path(sys.executable).parent / "mpiexec"

@@ -3,7 +3,7 @@ Predicting scaling
 ==================
 
 A two-core machine cannot show the speedup of a training step on 64 ranks.
-``mgrit-resnet predict`` (and :func:`mgrit_resnet.perfmodel.predict`) predicts
+``mgrit-resnet predict`` (and :func:`mgrit_resnet.studies.perfmodel.predict`) predicts
 it instead: it measures, on one rank, what every kind of step costs (forward
 and adjoint, fine and coarse), then runs the solver's own code for ``P``
 simulated ranks, charging those costs to a virtual clock per rank and
@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import mgrit_resnet as mr
-from mgrit_resnet import perfmodel
+from mgrit_resnet.studies import perfmodel
 
 ROOT = Path(mr.__file__).resolve().parents[1]
 overrides = {"network.depth": 512, "network.width": 16, "mgrit.levels": 4, "mgrit.coarsening": 4, "mgrit.relax": "F"}

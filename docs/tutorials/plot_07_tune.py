@@ -4,7 +4,7 @@ Choosing a hierarchy: time against gradient error
 
 A deeper MGRIT hierarchy or a larger coarsening factor makes a one-shot step
 faster on many ranks, but with a fixed number of iterations it also makes the
-gradient less exact. ``mgrit-resnet tune`` (and :func:`mgrit_resnet.tune.tune`)
+gradient less exact. ``mgrit-resnet tune`` (and :func:`mgrit_resnet.studies.tune.tune`)
 puts both side by side: for every candidate hierarchy it predicts the step
 time at ``P`` ranks (as :doc:`plot_05_predict` does) and measures the relative
 gradient error of the same step against the exact gradient over a few
@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import mgrit_resnet as mr
-from mgrit_resnet.tune import recommend, tune
+from mgrit_resnet.studies.tune import recommend, tune
 
 ROOT = Path(mr.__file__).resolve().parents[1]
 cfg = mr.load_config(ROOT / "examples" / "peaks.toml", overrides={"network.depth": 128})
@@ -32,7 +32,7 @@ for r in rows:
 # %%
 # The Pareto front holds the hierarchies that no other beats in both time and
 # error. Which one to take depends on how much gradient error training
-# tolerates; :func:`~mgrit_resnet.tune.recommend` returns the fastest under a
+# tolerates; :func:`~mgrit_resnet.studies.tune.recommend` returns the fastest under a
 # bound.
 
 for bound in (0.2, 0.1, 0.05):

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import comm as comm_module
-from ..data import load_dataset
 from ..nn.layers import NetworkSpec, resolve_device
 from . import checkpoint
 from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
+from .data import load_dataset
 from .loop import EVAL_BATCH, RankGroups, TrainResult, start_output, sum_over_data_groups
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 

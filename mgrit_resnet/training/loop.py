@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import comm as comm_module
+from ..comm.groups import RankGroups
 from ..config import toml_value
-from ..data import load_dataset
 from . import checkpoint
+from .data import load_dataset
 from .models import TrainModel
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 from .tao import TaoLBFGS, check_available
@@ -31,30 +31,6 @@ class TrainResult:
 
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-class RankGroups:
-    """The ranks as ``D`` data groups of ``P / D`` layer-ranks; each group takes a share of every batch of ``batch_size``."""
-
-    def __init__(self, comm: Any, data_parallel: int, batch_size: int) -> None:
-        size = 1 if comm is None else comm.Get_size()
-        rank = 0 if comm is None else comm.Get_rank()
-        if size % data_parallel:
-            raise ValueError(f"train.data_parallel must divide the number of ranks ({size}); got {data_parallel}")
-        if batch_size < data_parallel:
-            raise ValueError(f"train.batch_size ({batch_size}) must be at least train.data_parallel ({data_parallel})")
-        self.size, self.rank, self.data_parallel = size, rank, data_parallel
-        self.layer_ranks = size // data_parallel
-        self.group = rank // self.layer_ranks
-        layer_comm = comm_module.split(comm, self.group, rank) if data_parallel > 1 else comm
-        data_comm = comm_module.split(comm, rank % self.layer_ranks, rank) if data_parallel > 1 else None
-        self.layer_comm = layer_comm if self.layer_ranks > 1 else None
-        self.world = comm_module.backend_for(comm)
-        self.data = comm_module.backend_for(data_comm)
-
-    def share(self, rows: Any) -> Any:
-        """This group's part of ``rows`` (the groups' parts in order make up ``rows``)."""
-        return np.array_split(rows, self.data_parallel)[self.group]
 
 
 def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple:

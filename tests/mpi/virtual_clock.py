@@ -11,7 +11,7 @@ import numpy as np
 
 import mgrit_resnet as mr
 from mgrit_resnet import comm as comm_module
-from mgrit_resnet.vclock import ClockedBackend, VirtualClock, virtual_time
+from mgrit_resnet.comm.clocked import ClockedBackend, VirtualClock, virtual_time
 
 ALPHA, BETA, NBYTES = 0.25, 1e-6, 8000
 

@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import comm as comm_module
-from . import problems, theory
-from .config import ConfigError, load_config, parse_overrides
-from .mgrit import MGRIT
-from .plot import plot_residuals
-from .predict_cli import DEFAULT_RANKS
-from .tune import DEFAULT_COARSENING, DEFAULT_LEVELS
+from .. import comm as comm_module
+from .. import problems, theory
+from ..config import ConfigError, load_config, parse_overrides
+from ..mgrit import MGRIT
+from ..studies.plot import plot_residuals
+from ..studies.tune import DEFAULT_COARSENING, DEFAULT_LEVELS
+from .predict import DEFAULT_RANKS
 
 EXIT_BAD_INPUT = 2
 
@@ -113,28 +113,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "solve":
             job = _prepare_solve(args, comm, rank)
         elif args.verb == "train":
-            from .train_cli import prepare_train
+            from .train import prepare_train
 
             job = prepare_train(args, comm, rank)
         elif args.verb == "sweep":
-            from .sweep import prepare_sweep
+            from ..studies.sweep import prepare_sweep
 
             _check_output_path("--out", args.out)
             job = prepare_sweep(args, comm, rank)
         elif args.verb == "predict":
-            from .predict_cli import prepare_predict
+            from .predict import prepare_predict
 
             for option in ("json", "out"):
                 _check_output_path(f"--{option}", getattr(args, option))
             job = prepare_predict(args, comm, rank)
         elif args.verb == "tune":
-            from .tune import prepare_tune
+            from ..studies.tune import prepare_tune
 
             for option in ("json", "out"):
                 _check_output_path(f"--{option}", getattr(args, option))
             job = prepare_tune(args, comm, rank)
         elif args.verb == "compare":
-            from .compare import prepare_compare
+            from ..studies.compare import prepare_compare
 
             job = prepare_compare(args, comm, rank)
         elif args.verb == "plot":
@@ -159,7 +159,7 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
     cfg = load_config(args.config, parse_overrides(args.set))
     clocked = None
     if args.virtual_clock is not None:
-        from .vclock import ClockedBackend, VirtualClock
+        from ..comm.clocked import ClockedBackend, VirtualClock
 
         clocked = ClockedBackend(comm_module.backend_for(comm), VirtualClock(*_network(args.virtual_clock)))
     solver = build_solver(cfg, comm if clocked is None else clocked)
@@ -169,7 +169,7 @@ def _prepare_solve(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
             result = solver.solve(callback=callback)
         document = result.to_json()
         if clocked is not None:
-            from .vclock import virtual_time
+            from ..comm.clocked import virtual_time
 
             document["virtual_time"] = virtual_time(clocked)
         if rank == 0:
@@ -221,11 +221,11 @@ def _progress(rank: int, total: int) -> Iterator[Callable[[int, float], None]]:
 
 
 def _prepare_plot(args: argparse.Namespace, rank: int) -> Callable[[], int]:
-    from .plot import plot_sweep, plot_training
+    from ..studies.plot import plot_sweep, plot_training
 
     source = Path(args.run_dir)
     if source.suffix == ".csv":
-        from .sweep import read_table
+        from ..studies.sweep import read_table
 
         target = args.out or str(source.with_suffix(".png"))
         _check_output_path("--out", target)

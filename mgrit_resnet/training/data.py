@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_int
-from .config import validate_section
-from .nn.layers import NetworkSpec
+from .._checks import check_choice, check_int
+from ..config import validate_section
+from ..nn.layers import NetworkSpec
 
 NAMES = ("peaks", "digits", "mnist5k", "synthetic")
 PEAKS_GRID = 256

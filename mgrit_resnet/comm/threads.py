@@ -15,7 +15,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from . import _arrays
+from .. import _arrays
 
 _POLL_SECONDS = 0.5
 

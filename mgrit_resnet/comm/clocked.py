@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
-from .comm import Backend, Request
+from .. import _arrays
+from .base import Backend, Request
 
 # Clock stamps travel as separate messages with this offset on the tag; MPI
 # guarantees tags up to 32767, and the solver's and the network's tags are far below.

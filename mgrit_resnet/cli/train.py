@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, parse_overrides
+from ..config import load_config, parse_overrides
 
 
 def check_out_dir(out: Path | None, option: str = "--out") -> None:
@@ -28,7 +28,7 @@ def check_out_dir(out: Path | None, option: str = "--out") -> None:
 
 def prepare_train(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Validate the config, the output folder and the ranks, load data and build the model; return the job."""
-    from .training.loop import prepare, train
+    from ..training.loop import prepare, train
 
     cfg = load_config(args.config, parse_overrides(args.set))
     out = None if args.out is None else Path(args.out)

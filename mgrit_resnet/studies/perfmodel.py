@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .comm import ReversedBackend
-from .mgrit import MGRIT
-from .simulate import ThreadWorld
-from .vclock import ClockedBackend, VirtualClock
+from ..comm import ReversedBackend
+from ..comm.clocked import ClockedBackend, VirtualClock
+from ..comm.threads import ThreadWorld
+from ..mgrit import MGRIT
 
 #: A network assumed when none is given: 2 microseconds per message, 10 GB/s.
 CLUSTER_NETWORK = (2e-6, 1e-10)
@@ -227,7 +227,7 @@ def simulate_training_step(
     -------
     The largest final clock, and the steps per level of both solves summed over ranks.
     """
-    from .nn.parallel import WEIGHT_TAG, foreign_layers, layer_partition
+    from ..nn.parallel import WEIGHT_TAG, foreign_layers, layer_partition
 
     fwd_bounds, adj_bounds, layer_bounds = layer_partition(depth, ranks)
 
@@ -263,7 +263,7 @@ def simulate_training_step(
 
 def _fetch_weights(backend: ClockedBackend, plan: list[list[int]], layer_bounds: list[int]) -> None:
     """The network's exchange of the layers other ranks' coarse steps use (one message per layer)."""
-    from .nn.parallel import WEIGHT_TAG, owner_of_layer
+    from ..nn.parallel import WEIGHT_TAG, owner_of_layer
 
     if backend.size == 1 or not any(plan):
         return
@@ -319,7 +319,7 @@ def _fit_to_whole(measured: float, costs: StepCosts, calls: Sequence[tuple[dict[
 
 def calibrate_solve(cfg: Any, repeats: int = 3) -> Calibration:
     """Measure step costs of ``cfg.problem`` per level on one rank, the serial solve and the MGRIT solve."""
-    from . import problems
+    from .. import problems
 
     options = cfg.mgrit.as_dict()
     problem = problems.from_config(cfg.problem)
@@ -351,7 +351,7 @@ def training_batch(cfg: Any, seed: int = 0) -> tuple[Any, Any]:
     """A random batch of ``train.batch_size`` inputs of the network's shape, with labels."""
     import torch
 
-    from .nn.layers import NetworkSpec
+    from ..nn.layers import NetworkSpec
 
     spec = NetworkSpec.from_config(cfg.network)
     generator = torch.Generator().manual_seed(seed)
@@ -364,7 +364,7 @@ def training_step(model: Any, optimizer: Any, x: Any, y: Any, key: Any = 0) -> f
     """One step: zero the gradients, forward, cross-entropy, backward, optimiser step; returns the loss."""
     import torch
 
-    from .nn import LayerParallel
+    from ..nn import LayerParallel
 
     optimizer.zero_grad(set_to_none=True)
     logits = model(x, key=key) if isinstance(model, LayerParallel) else model(x)
@@ -382,10 +382,10 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
     """
     import torch
 
-    from .nn import LayerParallel, ODEResNet
-    from .nn.layers import classify, open_state
-    from .nn.propagators import AdjointProblem, ForwardProblem
-    from .training.optim import make_optimizer
+    from ..nn import LayerParallel, ODEResNet
+    from ..nn.layers import classify, open_state
+    from ..nn.propagators import AdjointProblem, ForwardProblem
+    from ..training.optim import make_optimizer
 
     t = cfg.train
     x, y = training_batch(cfg, seed)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._checks import check_float, check_int
-from .config import load_config, parse_overrides
+from .._checks import check_float, check_int
+from ..config import load_config, parse_overrides
 
 DEFAULT_TOL = {"float64": 1e-6, "float32": 1e-3}
 EXIT_DIFFERENT = 1
@@ -26,8 +26,8 @@ def prepare_verify(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
     """Validate everything and build both networks; return the job that compares them."""
     import torch
 
-    from . import comm as comm_module
-    from .nn import LayerParallel, NetworkSpec, ODEResNet
+    from .. import comm as comm_module
+    from ..nn import LayerParallel, NetworkSpec, ODEResNet
 
     cfg = load_config(args.config, parse_overrides(args.set))
     batch = check_int("--batch", args.batch, minimum=1)

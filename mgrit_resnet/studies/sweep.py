@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from . import comm as comm_module
-from . import theory
-from .cli import build_solver
-from .config import SCHEMA, Config, ConfigError, load_config, parse_overrides, parse_value, toml_value, validate_section
+from .. import comm as comm_module
+from .. import theory
+from ..cli import build_solver
+from ..config import SCHEMA, Config, ConfigError, load_config, parse_overrides, parse_value, toml_value, validate_section
 
 SOLVE_COLUMNS = ("ranks", "iterations", "converged", "initial_residual", "final_residual", "mean_factor", "theory_bound", "wall_time")
 TRAIN_COLUMNS = ("ranks", "strategy", "epochs", "train_accuracy", "val_accuracy", "final_loss", "fwd_residual", "adj_residual", "wall_time")
@@ -213,7 +213,7 @@ def _solve_point(cfg: Config, comm: Any) -> dict[str, Any]:
 
 
 def _train_point(cfg: Config, comm: Any) -> dict[str, Any]:
-    from .training.loop import train
+    from ..training.loop import train
 
     result = train(cfg, comm)
     last = result.metrics[-1] if result.metrics else {}
@@ -255,7 +255,7 @@ def prepare_sweep(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
     if verb == "solve":
         check = build_solver
     else:
-        from .training.loop import prepare as check
+        from ..training.loop import prepare as check
     for point in points:  # the checks a run makes first, for every point before any runs
         try:
             check(point.config, comm)

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, parse_overrides
-from .hierarchy import Hierarchy
+from ..cli.predict import parse_int_list
+from ..config import load_config, parse_overrides
+from ..hierarchy import Hierarchy
 from .perfmodel import check_training_ranks
-from .predict_cli import parse_int_list
 
 DEFAULT_LEVELS = "2,3,4"
 DEFAULT_COARSENING = "2,4,8"
@@ -110,10 +110,10 @@ def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
 
     The steps cycle the first ``batches`` batches of the training set, warm-started per batch as in training.
     """
-    from .data import load_dataset
-    from .nn import LayerParallel
+    from ..nn import LayerParallel
+    from ..training.data import load_dataset
+    from ..training.optim import make_optimizer
     from .perfmodel import training_step
-    from .training.optim import make_optimizer
 
     t = cfg.train
     dataset = load_dataset(cfg.data, cfg.network)

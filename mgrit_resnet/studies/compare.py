@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config, parse_overrides
+from ..config import ConfigError, load_config, parse_overrides
 
 STRATEGIES = ("serial", "exact", "one_shot", "local", "trgl")
 _MIB = 2**20
@@ -38,8 +38,8 @@ def parse_strategies(text: str) -> list[str]:
 
 def prepare_compare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Check the strategies, every strategy's config against the ranks, and the output folder; return the job."""
-    from .train_cli import check_out_dir
-    from .training.loop import prepare
+    from ..cli.train import check_out_dir
+    from ..training.loop import prepare
 
     names = parse_strategies(args.strategies)
     overrides = parse_overrides(args.set)
@@ -69,9 +69,9 @@ def prepare_compare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[
 
 
 def _run_one(cfg: Any, comm: Any, rank: int) -> dict[str, Any]:
-    from . import comm as comm_module
-    from .train_cli import training_progress
-    from .training.loop import prepare, train
+    from .. import comm as comm_module
+    from ..cli.train import training_progress
+    from ..training.loop import prepare, train
 
     backend = comm_module.backend_for(comm)
     start_kib, measured = _reset_peak()

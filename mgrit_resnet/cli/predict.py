@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, parse_overrides
+from ..config import load_config, parse_overrides
 
 DEFAULT_RANKS = "1,2,4,8,16,32,64,128,256,512,1024"
 
@@ -33,8 +33,8 @@ def parse_ranks(text: str) -> list[int]:
 
 def prepare_predict(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Check the input on every rank; the job calibrates and predicts on rank 0."""
-    from . import perfmodel
-    from .comm import backend_for
+    from ..comm import backend_for
+    from ..studies import perfmodel
 
     cfg = load_config(args.config, parse_overrides(args.set))
     ranks = parse_ranks(args.ranks)
@@ -53,7 +53,7 @@ def prepare_predict(args: argparse.Namespace, comm: Any, rank: int) -> Callable[
     def run() -> int:
         from tqdm import tqdm
 
-        from .vclock import measure_network
+        from ..comm.clocked import measure_network
 
         backend = backend_for(comm)
         network = measure_network(backend) if args.measure_network else (alpha, beta)
@@ -74,7 +74,7 @@ def prepare_predict(args: argparse.Namespace, comm: Any, rank: int) -> Callable[
         if args.json:
             Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         if args.out:
-            from .plot import plot_scaling
+            from ..studies.plot import plot_scaling
 
             print(f"wrote {plot_scaling(rows, args.out, f'{calibration.what} (predicted)')}")
         return 0

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .result import SolveResult
+from ..result import SolveResult
 
 
 def plot_residuals(result: SolveResult, path: str | Path, predicted: float | None = None, title: str = "") -> Path:
