@@ -8,6 +8,7 @@ An unknown section or key, or a value of the wrong kind, is a
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice, check_float, check_int
-from .mgrit import parse_relax
+
+# The vocabulary: every choice the config offers, named once. The layers that
+# implement a choice read its names from here (their registries are keyed by them).
+PROBLEM_KINDS = ("dahlquist", "heat1d", "heat2d")
+SCHEMES = ("forward_euler", "backward_euler", "trapezoid")
+CYCLES = ("V", "F")
+TOL_KINDS = ("absolute", "relative")
+INITIAL_GUESSES = ("zero", "initial_value", "sequential_coarse")
+NETWORK_KINDS = ("dense", "conv")
+ACTIVATION_NAMES = ("tanh", "relu", "smooth_relu")
+DTYPES = ("float32", "float64")
+DEVICES = ("cpu", "cuda")
+DATASETS = ("peaks", "digits", "mnist5k", "synthetic")
+WHOLE_NETWORK_STRATEGIES = ("serial", "exact", "one_shot")
+LOCAL_STRATEGIES = ("local", "trgl")
+STRATEGIES = WHOLE_NETWORK_STRATEGIES + LOCAL_STRATEGIES
+OPTIMIZERS = ("sgd", "adam", "lbfgs")
+TORCH_OPTIMIZERS = ("sgd", "adam")  # lbfgs is PETSc TAO's
+LR_SCHEDULES = ("none", "step", "cosine")
+LOCAL_SCHEDULES = ("parallel", "sequential", "multilap")
+_RELAX_PATTERN = re.compile(r"F(CF)*")
+
+
+def parse_relax(relax: str, name: str = "relax") -> int:
+    """Number of CF sweeps in a relaxation string ``F(CF)^k`` ("F", "FCF", "FCFCF", ...)."""
+    if not isinstance(relax, str) or not _RELAX_PATTERN.fullmatch(relax):
+        raise ValueError(f"{name} must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {relax!r}")
+    return (len(relax) - 1) // 2
 
 
 class ConfigError(ValueError):
@@ -86,12 +114,11 @@ _described(_relax, "string", '"F", "FCF", "FCFCF", ...: F followed by any number
 _described(_complex, "real, or complex as a string", 'any; complex written as a string such as "-1+2j"')
 
 
-_PROBLEM_KINDS = ("dahlquist", "heat1d", "heat2d")
 SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
     "problem": {
-        "kind": ("dahlquist", _choice(*_PROBLEM_KINDS)),
+        "kind": ("dahlquist", _choice(*PROBLEM_KINDS)),
         "z": (-1.0, _complex),
-        "scheme": ("backward_euler", _choice("forward_euler", "backward_euler", "trapezoid")),
+        "scheme": ("backward_euler", _choice(*SCHEMES)),
         "t_final": (5.0, _real(positive=True)),
         "n_steps": (100, _integer(1)),
         "nx": (32, _integer(1)),
@@ -103,36 +130,36 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "min_coarse": (2, _integer(2)),
         "relax": ("FCF", _one_or_list(_relax)),
         "c_weight": (1.0, _real(positive=True)),
-        "cycle": ("V", _choice("V", "F")),
+        "cycle": ("V", _choice(*CYCLES)),
         "tol": (1e-9, _real(minimum=0.0)),
-        "tol_kind": ("absolute", _choice("absolute", "relative")),
+        "tol_kind": ("absolute", _choice(*TOL_KINDS)),
         "max_iter": (50, _integer(0)),
-        "initial_guess": ("zero", _choice("zero", "initial_value", "sequential_coarse")),
+        "initial_guess": ("zero", _choice(*INITIAL_GUESSES)),
         "skip_first_down": (False, _boolean),
         "relax_warm_start": (True, _boolean),
     },
     "network": {
-        "kind": ("dense", _choice("dense", "conv")),
+        "kind": ("dense", _choice(*NETWORK_KINDS)),
         "in_features": (2, _integer(1)),
         "in_channels": (1, _integer(1)),
         "image_size": (8, _integer(1)),
         "width": (8, _integer(1)),
         "depth": (64, _integer(1)),
         "t_final": (1.0, _real(positive=True)),
-        "activation": ("tanh", _choice("tanh", "relu", "smooth_relu")),
+        "activation": ("tanh", _choice(*ACTIVATION_NAMES)),
         "n_classes": (5, _integer(2)),
-        "dtype": ("float32", _choice("float32", "float64")),
-        "device": ("cpu", _choice("cpu", "cuda")),
+        "dtype": ("float32", _choice(*DTYPES)),
+        "device": ("cpu", _choice(*DEVICES)),
     },
     "data": {
-        "name": ("peaks", _choice("peaks", "digits", "mnist5k", "synthetic")),
+        "name": ("peaks", _choice(*DATASETS)),
         "n_train": (5000, _integer(1)),
         "n_val": (1000, _integer(0)),
         "seed": (0, _integer(0)),
     },
     "train": {
-        "strategy": ("one_shot", _choice("serial", "exact", "one_shot", "local", "trgl")),
-        "optimizer": ("adam", _choice("sgd", "adam", "lbfgs")),
+        "strategy": ("one_shot", _choice(*STRATEGIES)),
+        "optimizer": ("adam", _choice(*OPTIMIZERS)),
         "lr": (1e-2, _real(positive=True)),
         "batch_size": (50, _integer(1)),
         "epochs": (10, _integer(1)),
@@ -141,13 +168,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "seed": (0, _integer(0)),
         "warm_start": (True, _boolean),
         "momentum": (0.9, _real(minimum=0.0)),
-        "schedule": ("none", _choice("none", "step", "cosine")),
+        "schedule": ("none", _choice(*LR_SCHEDULES)),
         "lr_step": (10, _integer(1)),
         "lr_gamma": (0.1, _real(positive=True)),
         "data_parallel": (1, _integer(1)),
         "lbfgs_iters": (10, _integer(1)),
         "blocks": (0, _integer(0)),
-        "local_schedule": ("parallel", _choice("parallel", "sequential", "multilap")),
+        "local_schedule": ("parallel", _choice(*LOCAL_SCHEDULES)),
         "laps": (2, _integer(1)),
         "head_hidden": (0, _integer(0)),
         "tau": (0.1, _one_or_list(_real(positive=True), per="block")),

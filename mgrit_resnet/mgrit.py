@@ -17,7 +17,6 @@ same arithmetic at every rank count.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,22 +24,12 @@ from typing import Any
 from . import _arrays
 from ._checks import check_choice, check_float, check_int, per_level
 from .comm import Backend, Channel, backend_for
+from .config import CYCLES, INITIAL_GUESSES, TOL_KINDS, parse_relax
 from .hierarchy import Hierarchy
 from .problems.base import Problem
 from .result import SolveResult
 
-CYCLES = ("V", "F")
-TOL_KINDS = ("absolute", "relative")
-INITIAL_GUESSES = ("zero", "initial_value", "sequential_coarse")
-_RELAX_PATTERN = re.compile(r"F(CF)*")
 _RELAX_TAG, _RESTRICT_TAG, _COARSE_TAG = 0, 1, 2
-
-
-def parse_relax(relax: str, name: str = "relax") -> int:
-    """Number of CF sweeps in a relaxation string ``F(CF)^k`` ("F", "FCF", "FCFCF", ...)."""
-    if not isinstance(relax, str) or not _RELAX_PATTERN.fullmatch(relax):
-        raise ValueError(f"{name} must be 'F', 'FCF', 'FCFCF', ... (F followed by CF pairs), or a list of those per level; got {relax!r}")
-    return (len(relax) - 1) // 2
 
 
 class _Level:

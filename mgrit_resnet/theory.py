@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import check_choice, check_int
-from .mgrit import parse_relax
+from .config import parse_relax
 
 BOUND_KINDS = ("tight", "upper")
 

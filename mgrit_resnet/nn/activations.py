@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ACTIVATION_NAMES
+
 ETA = 0.1
 """Half-width of the quadratic blend of ``smooth_relu``."""
 
@@ -71,3 +73,4 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", torch.relu, False, lambda g, a: torch.ops.aten.threshold_backward(g, a, 0)),
     "smooth_relu": Activation("smooth_relu", smooth_relu, True, _smooth_relu_derivative_times),
 }
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "every activation the config offers has one implementation here"

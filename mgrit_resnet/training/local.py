@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import comm as comm_module
+from ..config import TORCH_OPTIMIZERS
 from ..nn.layers import NetworkSpec, resolve_device
 from . import checkpoint
 from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
@@ -41,14 +42,13 @@ from .data import load_dataset
 from .loop import EVAL_BATCH, RankGroups, TrainResult, start_output, sum_over_data_groups
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
 
-LOCAL_STRATEGIES = ("local", "trgl")
 _TRAIN, _EVAL = 0, 1
 
 
 def check_local(cfg: Any, size: int) -> int:
     """The number of blocks ``K`` for ``size`` layer-ranks (ranks per data group), after checking the ``[train]`` keys of local training."""
     t, depth = cfg.train, cfg.network.depth
-    if t.optimizer not in ("sgd", "adam"):
+    if t.optimizer not in TORCH_OPTIMIZERS:
         raise ValueError(
             f"train.strategy = {t.strategy!r} gives every block its own optimiser: "
             f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}"

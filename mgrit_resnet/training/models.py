@@ -9,8 +9,6 @@ from torch import nn
 
 from ..nn import LayerParallel, ODEResNet
 
-STRATEGIES = ("serial", "exact", "one_shot")
-
 
 class TrainModel:
     """A network under one strategy.

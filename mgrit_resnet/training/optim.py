@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "lbfgs")
-
 
 def make_optimizer(train: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """``sgd`` (with ``train.momentum``) or ``adam`` from ``torch.optim``.
