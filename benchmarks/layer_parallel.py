@@ -62,9 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from mgrit_resnet.comm import world
-from mgrit_resnet.nn.layers import NetworkSpec
-from mgrit_resnet.nn.parallel import LayerParallel
-from mgrit_resnet.nn.serial import ODEResNet
+from mgrit_resnet.nn import LayerParallel, NetworkSpec, ODEResNet
 
 COST_TARGET = 2.4  # one-shot step at P = 1, relative to a serial autograd step ...
 ERROR_TARGET = 0.01  # ... with at most this relative gradient error

@@ -124,16 +124,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     options = dict(levels=args.levels, coarsening=args.coarsening, relax=args.relax, tol=0.0, max_iter=args.iterations, comm=comm)
 
     # Warm-up solve through the recording proxy: it records this rank's step
-    # calls and fills the problem's LU cache for every level. The proxy lives
-    # only in this solver object; the timed solver below gets the bare problem.
+    # calls and fills the problem's LU cache for every level. The proxy is
+    # the problem of this solve only; the timed solves step the bare problem.
+    solver = MGRIT(problem, **options)
     recorder = StepRecorder(problem)
-    warm = MGRIT(recorder, **options).solve()
+    warm = solver.solve(problem=recorder)
     calls = list(recorder.calls)
     steps = warm.steps_per_rank[rank]
     if len(calls) != steps:
         raise RuntimeError(f"rank {rank}: recorded {len(calls)} step calls, the solver counted {steps}")
 
-    solver = MGRIT(problem, **options)
     state = problem.initial_value()
     # Per repeat: the slowest rank's wall and CPU seconds; per rank: its own.
     mgrit_times: list[float] = []

@@ -105,7 +105,7 @@ def _solve_run(backend: Any, quick: bool) -> Any:
     from mgrit_resnet.mgrit import MGRIT
 
     cfg = config("heat1d", quick)
-    solver = MGRIT(problems.from_config(cfg.problem), comm=backend, **cfg.mgrit.as_dict())
+    solver = MGRIT.from_config(problems.from_config(cfg.problem), cfg.mgrit, comm=backend)
     return solver.solve
 
 

@@ -12,19 +12,26 @@ last point of a level to the owner of the next point and receives the point
 before its first one. F-relaxation continues an F-interval across a rank
 boundary with the freshly relaxed neighbour value, so the iteration does the
 same arithmetic at every rank count.
+
+A solver is built for a number of steps, not for one problem: :meth:`MGRIT.solve`
+takes the problem of each solve (the network passes a new one per batch) and
+keeps its levels and channels from one solve to the next while the states
+keep their shape, dtype and device.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from . import _arrays
 from ._checks import check_choice, check_float, check_int, per_level
 from .comm import Backend, Channel, backend_for
-from .config import CYCLES, INITIAL_GUESSES, TOL_KINDS, parse_relax
+from .config import CYCLES, INITIAL_GUESSES, SCHEMA, TOL_KINDS, parse_relax
 from .hierarchy import Hierarchy
 from .problems.base import Problem
 from .result import SolveResult
@@ -51,13 +58,21 @@ class _Level:
         self.channels: dict[int, Channel] = {}
 
 
+def _state_key(state: Any) -> tuple:
+    """What channel buffers depend on: the kind of state, its shape, dtype and device."""
+    return type(state), tuple(getattr(state, "shape", ())), str(getattr(state, "dtype", "")), str(getattr(state, "device", "cpu"))
+
+
 class MGRIT:
     """Nonlinear FAS multigrid-reduction-in-time solver.
 
     Parameters
     ----------
     problem
-        The time-stepping problem (see :class:`~mgrit_resnet.problems.Problem`).
+        The time-stepping problem (see :class:`~mgrit_resnet.problems.Problem`):
+        the one :meth:`solve` solves unless it is given another. ``None``
+        builds a solver for ``n_steps`` steps that :meth:`solve` always gives
+        its problem.
     levels
         Maximum number of levels; 1 is a sequential solve.
     coarsening
@@ -93,6 +108,9 @@ class MGRIT:
         the first iteration skips its initial fine F-relaxation (the warm
         F-points come from a previous solve's last F-relaxation anyway), which
         saves a fine sweep per solve in one-shot use.
+    n_steps
+        Number of fine steps, for a solver built without a problem (with one,
+        it must equal ``problem.n_steps`` if given).
 
     Notes
     -----
@@ -104,7 +122,7 @@ class MGRIT:
 
     def __init__(
         self,
-        problem: Problem,
+        problem: Problem | None = None,
         *,
         levels: int = 2,
         coarsening: int | Sequence[int] = 2,
@@ -120,10 +138,18 @@ class MGRIT:
         comm: Any = None,
         partition: Sequence[int] | None = None,
         relax_warm_start: bool = True,
+        n_steps: int | None = None,
     ) -> None:
-        self.problem = problem
+        if problem is None and n_steps is None:
+            raise TypeError("MGRIT needs a problem, or n_steps for a solver that is given its problem per solve")
+        if problem is not None:
+            if n_steps is not None and n_steps != problem.n_steps:
+                raise ValueError(f"n_steps = {n_steps!r} differs from the problem's n_steps = {problem.n_steps!r}")
+            n_steps = problem.n_steps
+        self.n_steps = check_int("n_steps", n_steps, minimum=1)
+        self._problem = problem
         self.backend: Backend = backend_for(comm)
-        self.hierarchy = Hierarchy.build(problem.n_steps + 1, levels, coarsening, min_coarse, self.backend.size, partition)
+        self.hierarchy = Hierarchy.build(self.n_steps + 1, levels, coarsening, min_coarse, self.backend.size, partition)
         self.relax = [parse_relax(r) for r in per_level("relax", relax, max(check_int("levels", levels, minimum=1) - 1, 1))]
         self.c_weight = check_float("c_weight", c_weight, minimum=0.0)
         if self.c_weight == 0.0:
@@ -139,9 +165,48 @@ class MGRIT:
         self.skip_first_down = skip_first_down
         self.relax_warm_start = relax_warm_start
         self._steps = 0
+        self._active: Problem | None = None  # the problem of the solve under way
+        self._levels: list[_Level] = []
+        self._levels_key: tuple | None = None
+
+    @classmethod
+    def from_config(cls, problem: Problem | None, mgrit: Any, comm: Any = None, **overrides: Any) -> MGRIT:
+        """The solver of a config's ``[mgrit]`` section for ``problem``.
+
+        Parameters
+        ----------
+        problem
+            The default problem (``None``: give ``n_steps`` in ``overrides``).
+        mgrit
+            The ``[mgrit]`` section (anything with ``as_dict()``) or a mapping
+            of some of its keys; missing keys take the constructor's defaults,
+            which are the config's.
+        comm
+            As for the constructor.
+        overrides
+            Constructor keywords that replace the section's values (``tol``,
+            ``max_iter``, ``levels``, ``partition``, ``n_steps``, ...).
+        """
+        return cls(problem, comm=comm, **{**options_from_config(mgrit), **overrides})
+
+    @property
+    def problem(self) -> Problem | None:
+        """The problem :meth:`solve` solves when it is given none (``None`` for a solver built for ``n_steps``)."""
+        return self._problem
+
+    @property
+    def owned_points(self) -> range:
+        """The fine time points this rank holds: ``result.owned`` of every solve."""
+        return self.hierarchy.fine_block(self.backend.rank)
 
     # ------------------------------------------------------------------ driver
-    def solve(self, initial_guess: Sequence[Any] | None = None, callback: Callable[[int, float], None] | None = None) -> SolveResult:
+    def solve(
+        self,
+        initial_guess: Sequence[Any] | None = None,
+        callback: Callable[[int, float], None] | None = None,
+        *,
+        problem: Problem | None = None,
+    ) -> SolveResult:
         """Iterate until the tolerance is met or ``max_iter`` iterations are done.
 
         Parameters
@@ -154,16 +219,69 @@ class MGRIT:
         callback
             Called on every rank as ``callback(iteration, residual)`` each time
             a residual is known (iteration 0 is the initial guess).
+        problem
+            The problem of this solve, with the solver's ``n_steps``; by
+            default the one the solver was built with.
+
+        Notes
+        -----
+        The levels and their channels (send and receive buffers, pinned host
+        buffers for device states) are built on the first solve and kept for
+        later solves whose states have the same type, shape, dtype and device.
         """
+        problem = self._problem_for(problem)
         start_time = time.perf_counter()
         backend = self.backend
         bytes_before = backend.bytes_sent
         self._steps = 0
-        u0 = self.problem.initial_value()
-        self._levels = self._make_levels(u0)
-        fine = self._levels[0]
-        self._set_initial_guess(fine, u0, initial_guess)
+        self._active = problem
+        try:
+            u0 = problem.initial_value()
+            self._prepare_levels(u0)
+            fine = self._levels[0]
+            self._set_initial_guess(fine, u0, initial_guess)
+            residuals, initial_residual, iteration, converged = self._iterate(fine, initial_guess is not None, callback)
+        except BaseException:
+            self._levels, self._levels_key = [], None  # a solve broken off may leave messages in flight: start afresh
+            raise
+        finally:
+            self._active = None
+        for level in self._levels:
+            for channel in level.channels.values():
+                channel.finish()
+        states = list(fine.u)
+        for level in self._levels:  # the levels outlive the solve; their states need not
+            level.u, level.g, level.ghost = [], None, None
+        # One collective for the statistics: steps and bytes are integers far below 2**53, exact in float64.
+        mine = np.array([self._steps, backend.bytes_sent - bytes_before, time.perf_counter() - start_time], dtype=np.float64)
+        table = backend.allgather_buffer(mine)
+        return SolveResult(
+            residuals=residuals,
+            initial_residual=initial_residual,
+            iterations=iteration,
+            converged=converged,
+            points_per_level=self.hierarchy.points_per_level(),
+            ranks=backend.size,
+            steps_per_rank=[int(v) for v in table[:, 0]],
+            bytes_per_rank=[int(v) for v in table[:, 1]],
+            wall_time=float(table[:, 2].max()),
+            states=states,
+            owned=fine.own,
+        )
 
+    def _problem_for(self, problem: Problem | None) -> Problem:
+        if problem is None:
+            if self._problem is None:
+                raise ValueError(f"this solver was built for {self.n_steps} steps without a problem: pass solve(problem=...)")
+            return self._problem
+        if problem.n_steps != self.n_steps:
+            raise ValueError(f"the problem has n_steps = {problem.n_steps!r}; this solver is built for n_steps = {self.n_steps}")
+        return problem
+
+    def _iterate(
+        self, fine: _Level, warm: bool, callback: Callable[[int, float], None] | None
+    ) -> tuple[list[float], float | None, int, bool]:
+        """The iterations of a solve: residual history, initial residual, iteration count, convergence."""
         residuals: list[float] = []
         initial_residual = None
         iteration = 0
@@ -176,7 +294,7 @@ class MGRIT:
             iteration, residuals, converged = 1, [0.0], True
             if callback is not None:
                 callback(1, 0.0)
-        skip_relax = initial_guess is not None and not self.relax_warm_start
+        skip_relax = warm and not self.relax_warm_start
         while not sequential:
             self._f_relax(fine, sweep=not skip_relax)
             skip_relax = False
@@ -198,26 +316,7 @@ class MGRIT:
                 self._solve_coarsest(fine)
             else:
                 self._cycle(0, self.cycle, phi)
-
-        for level in self._levels:
-            for channel in level.channels.values():
-                channel.close()
-        steps = backend.allgather(self._steps)
-        sent = backend.allgather(backend.bytes_sent - bytes_before)
-        wall = max(backend.allgather(time.perf_counter() - start_time))
-        return SolveResult(
-            residuals=residuals,
-            initial_residual=initial_residual,
-            iterations=iteration,
-            converged=converged,
-            points_per_level=self.hierarchy.points_per_level(),
-            ranks=backend.size,
-            steps_per_rank=steps,
-            bytes_per_rank=sent,
-            wall_time=wall,
-            states=list(fine.u),
-            owned=fine.own,
-        )
+        return residuals, initial_residual, iteration, converged
 
     def restart_states(self, result: SolveResult) -> list[Any | None]:
         """The part of ``result.states`` that a warm start of this solver reads; ``None`` elsewhere.
@@ -237,6 +336,12 @@ class MGRIT:
         return None if parts is None else [state for part in parts for state in part]
 
     # ------------------------------------------------------------------ setup
+    def _prepare_levels(self, template: Any) -> None:
+        """Build the levels and channels for states like ``template``, unless the ones held fit."""
+        key = _state_key(template)
+        if key != self._levels_key:
+            self._levels, self._levels_key = self._make_levels(template), key
+
     def _make_levels(self, template: Any) -> list[_Level]:
         rank = self.backend.rank
         levels = []
@@ -306,7 +411,7 @@ class MGRIT:
         The hot loop of F-relaxation and of the coarsest solve: on the fine
         level (no ``g``) it makes no call but the step itself.
         """
-        step, stride, index, a, u = self.problem.step, level.stride, level.index, level.own.start, level.u
+        step, stride, index, a, u = self._active.step, level.stride, level.index, level.own.start, level.u
         for j in range(first, stop):
             state = step(state, (j - 1) * stride, j * stride, index)
             if level.g is not None:
@@ -333,7 +438,7 @@ class MGRIT:
 
     def _phi(self, level: _Level, state: Any, j: int) -> Any:
         self._steps += 1
-        return self.problem.step(state, (j - 1) * level.stride, j * level.stride, level.index)
+        return self._active.step(state, (j - 1) * level.stride, j * level.stride, level.index)
 
     def _relax(self, level: _Level, phi: list | None) -> list:
         """F(CF)^k relaxation; returns ``Phi(u_{c-1})`` at the owned C-points after the last F-sweep."""
@@ -446,3 +551,18 @@ class MGRIT:
         a, m = level.own.start, level.m
         for k, j in enumerate(coarse.own):
             level.u[j * m - a] = coarse.u[k]
+
+
+def options_from_config(mgrit: Any) -> dict[str, Any]:
+    """The constructor keywords of a config's ``[mgrit]`` section (or a mapping of some of its keys).
+
+    A key the section cannot hold is a ``ValueError`` naming the allowed ones;
+    the values are checked by the constructor.
+    """
+    values = mgrit.as_dict() if hasattr(mgrit, "as_dict") else dict(mgrit) if isinstance(mgrit, Mapping) else None
+    if values is None:
+        raise TypeError(f"the [mgrit] options must be a config section or a mapping; got {type(mgrit).__name__}")
+    unknown = sorted(set(values) - set(SCHEMA["mgrit"]))
+    if unknown:
+        raise ValueError(f"unknown [mgrit] key {unknown[0]!r}; allowed keys: {', '.join(SCHEMA['mgrit'])}")
+    return values

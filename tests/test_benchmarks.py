@@ -133,3 +133,11 @@ def test_warm_start_memory_under_mpiexec_splits_the_same_states(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["ranks"] == 3 and sum(figures["kept_bytes_per_batch"]) == 2 * 7 * 800
     assert sum(figures["every_state_bytes_per_batch"]) == 2 * 14 * 800
+
+
+def test_collectives_counts_a_one_shot_step_without_pickles(capsys):
+    rows = load(ROOT / "benchmarks" / "collectives.py").main(["--ranks", "1,3", "--iters", "1/1", "--depth", "9"])
+    assert [r["ranks"] for r in rows] == [1, 3]
+    assert all(r["object"] == 0 and r["total"] == r["buffer"] > 0 for r in rows)
+    assert rows[0]["messages"] == 0 < rows[1]["messages"]
+    assert "collectives" in capsys.readouterr().out

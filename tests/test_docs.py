@@ -80,7 +80,7 @@ def test_a_section_missing_from_descriptions_fails_the_reference(monkeypatch):
 def public_objects() -> dict[str, object]:
     """Dotted name -> object for the public API (the packages' ``__all__``, the theory functions, config types)."""
     names = {}
-    for package in ("mgrit_resnet", "mgrit_resnet.nn", "mgrit_resnet.problems", "mgrit_resnet.training"):
+    for package in ("mgrit_resnet", "mgrit_resnet.comm", "mgrit_resnet.nn", "mgrit_resnet.problems", "mgrit_resnet.training"):
         module = importlib.import_module(package)
         names.update({f"{package}.{n}": getattr(module, n) for n in module.__all__ if n != "__version__"})
     names["mgrit_resnet.problems.from_config"] = mr.problems.from_config
@@ -89,7 +89,7 @@ def public_objects() -> dict[str, object]:
         {f"mgrit_resnet.theory.{n}": f for n, f in vars(theory).items() if inspect.isfunction(f) and f.__module__ == theory.__name__}
     )
     names.update({f"mgrit_resnet.config.{n}": getattr(mr.config, n) for n in ("Section", "ConfigError")})
-    names["mgrit_resnet.nn.parallel.CallStats"] = importlib.import_module("mgrit_resnet.nn.parallel").CallStats
+    names["mgrit_resnet.nn.bridge.CallStats"] = importlib.import_module("mgrit_resnet.nn.bridge").CallStats
     return names
 
 

@@ -70,6 +70,11 @@ def test_warm_start_applies_to_the_same_batch_only(reports, n):
 
 
 @pytest.mark.parametrize("n", RANKS)
+def test_two_calls_before_one_backward(reports, n):
+    assert reports[n]["two_calls"] <= 1e-10, "the second call's solves must not overwrite what the first call's backward needs"
+
+
+@pytest.mark.parametrize("n", RANKS)
 def test_bad_input_is_an_error_on_every_rank(reports, n):
     last = n - 1 if n > 1 else 0
     for messages in reports[n]["errors"]:

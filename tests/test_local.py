@@ -12,8 +12,9 @@ import mgrit_resnet as mr
 from mgrit_resnet.cli import main
 from mgrit_resnet.config import parse_overrides
 from mgrit_resnet.nn import ODEResNet
-from mgrit_resnet.training import local
-from mgrit_resnet.training.blocks import LocalBlock, block_taus, split_evenly
+from mgrit_resnet.training import local, plan, train
+from mgrit_resnet.training.blocks import LocalBlock
+from mgrit_resnet.training.plan import block_taus, split_evenly
 
 TINY = str(ROOT / "examples" / "tiny_train.toml")
 TIMES = ("epoch_time", "bytes_sent")
@@ -27,7 +28,7 @@ def run(**overrides):
     """Train in-process; the result, the trainer and its final network and heads."""
     cfg = config(**overrides)
     prepared = local.prepare(cfg, None)
-    result = local.train(cfg, None, prepared=prepared)
+    result = train(cfg, None, prepared=prepared)
     return result, prepared[0], *prepared[0].full_state()
 
 
@@ -158,7 +159,7 @@ def test_a_checkpoint_is_written_after_every_epoch(tmp_path):
             assert saved["epoch"] == len(seen) and [r["epoch"] for r in saved["metrics"]] == seen
         seen.append(row["epoch"])
 
-    result = local.train(cfg, None, tmp_path, on_epoch=on_epoch)
+    result = train(cfg, None, tmp_path, on_epoch=on_epoch)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert len(seen) == 2 * cfg.train.epochs and saved["epoch"] == len(result.metrics) == len(seen)
 
@@ -195,9 +196,9 @@ def test_mlp_heads_are_auxiliary_only_and_drawn_from_their_own_streams():
 
 
 def test_schedules_spend_the_same_budget_per_block():
-    assert local.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
-    assert local.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]
-    assert local.stages("multilap", 2, 5, 2) == [((0,), 3), ((1,), 3), ((0,), 2), ((1,), 2)]
+    assert plan.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
+    assert plan.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]
+    assert plan.stages("multilap", 2, 5, 2) == [((0,), 3), ((1,), 3), ((0,), 2), ((1,), 2)]
     result = run(strategy="local", blocks=3, local_schedule="multilap", laps=2, epochs=2)[0]
     assert [r["blocks_trained"] for r in result.metrics] == [[0], [1], [2], [0], [1], [2]]
     assert result.metrics[-1]["progress"] == 1.0
@@ -291,7 +292,7 @@ def interrupted(tmp_path_factory):
             for name in ("checkpoint.pt", "metrics.jsonl"):
                 (half / name).write_bytes((full / name).read_bytes())
 
-    local.train(cfg, None, full, on_epoch=on_epoch)
+    train(cfg, None, full, on_epoch=on_epoch)
     assert torch.load(half / "checkpoint.pt", weights_only=False)["epoch"] == 4
     return full, half
 

@@ -1,9 +1,11 @@
-"""The networks on one process: the serial twin, gradcheck, activations, initialisation, errors."""
+"""The networks on one process: the serial twin, gradcheck, activations, initialisation, errors; ranks as threads."""
 
 import pytest
 import torch
 
 import mgrit_resnet as mr
+from mgrit_resnet.comm.counting import CountingBackend
+from mgrit_resnet.comm.threads import ThreadWorld
 from mgrit_resnet.nn import ACTIVATIONS, LayerParallel, NetworkSpec, ODEResNet
 from mgrit_resnet.nn.activations import ETA, smooth_relu
 
@@ -135,3 +137,86 @@ def test_predict_is_the_exact_network_whatever_the_solver_settings():
     x = torch.randn(4, 2, dtype=torch.float64)
     assert torch.equal(par.predict(x), net(x).detach())
     assert not torch.allclose(par(x), net(x), rtol=1e-8), "one iteration alone is not exact"
+
+
+# ---------------------------------------------------------------------- ranks as threads
+def test_two_calls_before_one_backward_at_two_ranks():
+    """Each call's solves keep what its backward needs: reusing the solvers' channels must not overwrite it."""
+    spec = tiny(depth=9)
+    net = ODEResNet(spec, seed=3)
+    x1, x2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0])
+    loss = torch.nn.functional.cross_entropy(net(x1), y) + 2 * torch.nn.functional.cross_entropy(net(x2), y)
+    loss.backward()
+    expected = {k: p.grad for k, p in net.named_parameters()}
+
+    def program(backend):
+        par = LayerParallel(spec, comm=backend, levels=2, coarsening=2, tol=0.0, max_iter=20, seed=3)
+        first, second = par(x1), par(x2)
+        (torch.nn.functional.cross_entropy(first, y) + 2 * torch.nn.functional.cross_entropy(second, y)).backward()
+        return par.full_grad_dict()
+
+    for grads in ThreadWorld(2).run(program):
+        for key, value in expected.items():
+            torch.testing.assert_close(grads[key], value, rtol=1e-10, atol=1e-13)
+
+
+def _messages(inputs):
+    """The ValueError each rank raises when rank r passes ``inputs[r]``."""
+    spec = tiny()
+
+    def program(backend):
+        par = LayerParallel(spec, comm=backend, levels=1)
+        try:
+            par(inputs[backend.rank])
+        except ValueError as error:
+            return str(error)
+        return None
+
+    return ThreadWorld(len(inputs)).run(program)
+
+
+def test_the_input_check_at_two_ranks():
+    good = torch.zeros(3, 2, dtype=torch.float64)
+    nan = good.clone()
+    nan[0, 0] = float("nan")
+    shape = "the dense network input must have shape (batch, 2); got (3, 4)"
+    assert _messages([good, good]) == [None, None]
+    assert _messages([torch.zeros(3, 4)] * 2) == [f"{shape} (on rank 0)"] * 2
+    assert _messages([good, nan]) == ["the network input contains NaN or infinite values (on rank 1)"] * 2
+    assert _messages([good, torch.zeros(3, 4)]) == [
+        "the network input differs on rank 1: there it is of the wrong shape (every rank must pass the same input)",
+        f"{shape} (on rank 1)",
+    ]
+
+
+def test_a_one_shot_step_pickles_nothing():
+    """Per step at two ranks: one buffer gather for the input check and one per solve; no object collective."""
+    spec = tiny(depth=13)
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
+
+    def program(backend):
+        counting = CountingBackend(backend)
+        par = LayerParallel(spec, comm=counting, levels=3, coarsening=2, fwd_iters=2, bwd_iters=1, warm_start=True)
+        optimizer = torch.optim.SGD(par.parameters(), lr=0.1)
+        for step in range(3):
+            if step == 1:
+                counting.calls.clear()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(par(x, key=0), y).backward()
+            optimizer.step()
+        return {k: v / 2 for k, v in counting.calls.items()}
+
+    for calls in ThreadWorld(2).run(program):
+        assert calls.get("allgather", 0) == calls.get("gather", 0) == 0
+        assert calls["allgather_buffer"] == 3 and calls["bcast_buffer"] == 2
+        assert calls["allreduce_sum"] == 3 + 2  # the residuals: initial and after each iteration, forward and adjoint
+
+
+def test_from_config_reads_the_mgrit_section_as_the_solver_does():
+    cfg = mr.load_config(overrides={"network.depth": 8})
+    with pytest.raises(ValueError, match="unknown \\[mgrit\\] key 'level'"):
+        LayerParallel.from_config(cfg.network, {"level": 2})
+    par = LayerParallel.from_config(cfg.network, {"levels": 2, "coarsening": 4})
+    assert par.hierarchy.n_levels == 2 and par.hierarchy.factors[0] == 4
+    assert par.ops.__class__.__name__ == "DenseOps" and par.stats.forward == {}

@@ -1,4 +1,4 @@
-"""Serial behaviour of the MGRIT solver."""
+"""Serial behaviour of the MGRIT solver, and one solver reused for many problems (ranks as threads)."""
 
 import math
 
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import mgrit_resnet as mr
+from mgrit_resnet.comm.counting import CountingBackend
+from mgrit_resnet.comm.threads import ThreadWorld
 
 
 def heat(n_steps=64, nx=12):
@@ -179,3 +181,119 @@ def test_a_warm_start_taken_as_it_is_skips_the_initial_f_relaxation():
     assert as_is.residuals[0] < as_is.initial_residual, "still an MGRIT iteration"
     cold = mr.MGRIT(problem, **options, relax_warm_start=False).solve()
     assert cold.steps_per_rank == mr.MGRIT(problem, **options).solve().steps_per_rank, "no effect without a warm start"
+
+
+# ---------------------------------------------------------------------- one solver, many problems
+def test_a_problem_given_per_solve_equals_a_fresh_solver_bitwise():
+    options = dict(levels=3, coarsening=4, tol=1e-10, max_iter=20)
+    first, other = heat(n_steps=64), mr.problems.Heat1D(nx=12, diffusivity=0.3, t_final=0.5, n_steps=64)
+    solver = mr.MGRIT(first, **options)
+    solver.solve()
+    per_call, fresh = solver.solve(problem=other), mr.MGRIT(other, **options).solve()
+    assert per_call.residuals == fresh.residuals and per_call.steps_per_rank == fresh.steps_per_rank
+    np.testing.assert_array_equal(np.array(per_call.states), np.array(fresh.states))
+    again = solver.solve()  # the problem given at construction is still the default
+    assert again.residuals == mr.MGRIT(first, **options).solve().residuals
+
+
+def test_a_problem_given_per_solve_at_three_ranks():
+    options = dict(levels=3, coarsening=2, tol=1e-11, max_iter=20)
+    problems = [heat(n_steps=37), mr.problems.Heat1D(nx=12, diffusivity=0.3, t_final=0.5, n_steps=37)]
+
+    def program(backend):
+        solver = mr.MGRIT(problems[0], comm=backend, **options)
+        solver.solve()
+        per_call = solver.solve(problem=problems[1])
+        fresh = mr.MGRIT(problems[1], comm=backend, **options).solve()
+        return per_call.residuals == fresh.residuals and all(np.array_equal(a, b) for a, b in zip(per_call.states, fresh.states))
+
+    assert all(ThreadWorld(3).run(program))
+
+
+def test_a_solver_built_for_a_number_of_steps():
+    solver = mr.MGRIT(n_steps=64, levels=2, tol=1e-10)
+    assert solver.problem is None and solver.n_steps == 64
+    assert solver.solve(problem=heat(n_steps=64)).converged
+    with pytest.raises(ValueError, match=r"built for 64 steps without a problem: pass solve\(problem=...\)"):
+        solver.solve()
+    with pytest.raises(ValueError, match="the problem has n_steps = 32; this solver is built for n_steps = 64"):
+        mr.MGRIT(heat(n_steps=64)).solve(problem=heat(n_steps=32))
+    with pytest.raises(TypeError, match="MGRIT needs a problem, or n_steps"):
+        mr.MGRIT()
+    with pytest.raises(ValueError, match="n_steps = 10 differs from the problem's n_steps = 64"):
+        mr.MGRIT(heat(n_steps=64), n_steps=10)
+
+
+def test_levels_and_channels_are_kept_while_the_states_keep_their_shape():
+    def channels(solver):
+        return [channel for level in solver._levels for channel in level.channels.values()]
+
+    def program(backend):
+        solver = mr.MGRIT(heat(nx=12), comm=backend, levels=3, coarsening=2, tol=1e-10)
+        solver.solve()
+        levels, before = solver._levels, channels(solver)
+        send = [c._send_buffer for c in before]
+        solver.solve(problem=mr.problems.Heat1D(nx=12, diffusivity=0.5, t_final=0.5, n_steps=64))
+        kept = solver._levels is levels and all(a is b for a, b in zip(channels(solver), before, strict=True))
+        kept_send = all(a is b for a, b in zip(send, (c._send_buffer for c in before)))
+        solver.solve(problem=heat(nx=8))
+        rebuilt = solver._levels is not levels and not any(a is b for a, b in zip(channels(solver), before))
+        return kept, kept_send, rebuilt
+
+    assert ThreadWorld(2).run(program) == [(True, True, True)] * 2
+
+
+class KeepsItsInputs:
+    """Dahlquist stepping that keeps every state it stepped from, as the network's forward problem does."""
+
+    def __init__(self, z):
+        self.inner = mr.problems.Dahlquist(z=z, t_final=2.0, n_steps=24, scheme="backward_euler")
+        self.n_steps = self.inner.n_steps
+        self.inputs = []
+
+    def initial_value(self):
+        return self.inner.initial_value()
+
+    def step(self, u, start, stop, level):
+        self.inputs.append(u)
+        return self.inner.step(u, start, stop, level)
+
+
+def test_a_received_state_a_problem_keeps_outlives_the_solve():
+    """Within a solve a receive buffer is reused (the problem keeps the last value it held); the next solve receives elsewhere."""
+
+    def program(backend):
+        solver = mr.MGRIT(n_steps=24, comm=backend, levels=2, coarsening=4, tol=0.0, max_iter=2)
+        first = KeepsItsInputs(-1.0)
+        solver.solve(problem=first)
+        held = [u.copy() for u in first.inputs]
+        solver.solve(problem=KeepsItsInputs(-3.0))  # receives through the same channels
+        return all(np.array_equal(u, copy) for u, copy in zip(first.inputs, held, strict=True))
+
+    assert all(ThreadWorld(3).run(program))
+
+
+def test_the_end_of_a_solve_is_one_buffer_collective():
+    def program(backend):
+        counting = CountingBackend(backend)
+        result = mr.MGRIT(heat(n_steps=48), comm=counting, levels=2, coarsening=4, tol=0.0, max_iter=3).solve()
+        return dict(counting.calls), result
+
+    for calls, result in ThreadWorld(3).run(program):
+        # one allreduce per residual (the initial one and three), one gather of the statistics, nothing pickled
+        assert calls["allreduce_sum"] == 4 and calls["allgather_buffer"] == 1
+        assert calls.get("allgather", 0) == calls.get("gather", 0) == 0
+        assert len(result.steps_per_rank) == len(result.bytes_per_rank) == 3
+        assert all(isinstance(v, int) for v in result.steps_per_rank + result.bytes_per_rank)
+        assert isinstance(result.wall_time, float) and result.bytes_per_rank[-1] == 0 < result.bytes_per_rank[0]
+
+
+def test_from_config_is_the_constructor_with_the_section():
+    cfg = mr.load_config(overrides={"problem.kind": "heat1d", "problem.n_steps": 48, "problem.nx": 8, "mgrit.levels": 3})
+    problem = mr.problems.from_config(cfg.problem)
+    built = mr.MGRIT.from_config(problem, cfg.mgrit).solve()
+    assert built.residuals == mr.MGRIT(problem, **cfg.mgrit.as_dict()).solve().residuals
+    capped = mr.MGRIT.from_config(problem, {"levels": 2}, max_iter=1, tol=0.0)
+    assert capped.solve().iterations == 1 and capped.hierarchy.n_levels == 2
+    with pytest.raises(ValueError, match="unknown \\[mgrit\\] key 'level'; allowed keys: levels, coarsening"):
+        mr.MGRIT.from_config(problem, {"level": 2})

@@ -1,11 +1,13 @@
 """Training: determinism, exact resume, portable checkpoints, data x layer parallelism, the train and plot verbs."""
 
 import json
+import re
 
 import pytest
 import torch
 from conftest import ROOT, mpirun
 
+import mgrit_resnet as mr
 from mgrit_resnet.cli import main
 
 TINY = str(ROOT / "examples" / "tiny_train.toml")
@@ -172,3 +174,43 @@ def test_lbfgs_bad_combinations(sets, message, capsys):
         args += ["--set", s]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["serial", "one_shot", "trgl"])
+def test_resume_without_an_output_folder_is_the_same_error_for_every_strategy(strategy):
+    from mgrit_resnet.training import train as train_in_process
+
+    cfg = mr.load_config(TINY, {"train.strategy": strategy})
+    with pytest.raises(ValueError, match=re.escape("--resume needs --out DIR (the folder holding checkpoint.pt)")):
+        train_in_process(cfg, None, out=None, resume=True)
+
+
+def test_the_registry_holds_every_strategy_of_the_config():
+    from mgrit_resnet.training.registry import REGISTRY
+    from mgrit_resnet.training.strategy import Strategy
+
+    assert tuple(REGISTRY) == mr.config.STRATEGIES
+    assert all(issubclass(kind, Strategy) for kind in REGISTRY.values())
+    assert {name for name, kind in REGISTRY.items() if kind.blockwise} == set(mr.config.LOCAL_STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", ["serial", "exact"])
+def test_the_performance_model_times_the_training_loops_step(strategy):
+    """perfmodel.training_step and the loop's batch gradient are one step: the same loss and the same parameters after it."""
+    from mgrit_resnet.studies.perfmodel import training_step
+    from mgrit_resnet.training.loop import prepare
+    from mgrit_resnet.training.optim import make_optimizer
+    from mgrit_resnet.training.whole import batch_gradient
+
+    cfg = mr.load_config(TINY, {"train.strategy": strategy})
+    (groups, data, ours), (_, _, theirs) = prepare(cfg, None), prepare(cfg, None)
+    index = data.batches(0, 25, 0)[0]
+    params = [p for _, p in ours.named_parameters()]
+    optimizer = make_optimizer(cfg.train, params)
+    optimizer.zero_grad(set_to_none=False)
+    loss, _ = batch_gradient(groups, ours, params, data.train_x, data.train_y, index, key=0)
+    optimizer.step()
+    other = make_optimizer(cfg.train, [p for _, p in theirs.named_parameters()])
+    assert training_step(theirs.module, other, data.train_x[index], data.train_y[index], key=0) == loss
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.equal(p, q), name

@@ -82,7 +82,7 @@ def test_tune_verb_prints_the_table_writes_json_and_plot(tmp_path, capsys):
         (["--ranks", "2,4"], "--ranks takes one rank count for tune; got '2,4'"),
         (["--ranks", "0"], "--ranks must be a comma-separated list of integers >= 1"),
         (["--ranks", "8"], "--ranks 8: network.depth = 13 < 2 * ranks - 1"),
-        (["--ranks", "3", "--set", "train.data_parallel=2"], "--ranks 3: train.data_parallel = 2 does not divide the ranks"),
+        (["--ranks", "3", "--set", "train.data_parallel=2"], "--ranks 3: train.data_parallel must divide the number of ranks (3); got 2"),
         (["--ranks", "16", "--set", "train.data_parallel=2"], "network.depth = 13 < 2 * ranks per data group - 1"),
         (["--ranks", "2", "--levels", "1,2"], "--levels must be a comma-separated list of integers >= 2"),
         (["--ranks", "2", "--coarsening", "x"], "--coarsening must be a comma-separated list of integers >= 2"),

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import mgrit_resnet as mr
-from mgrit_resnet.training.data import peaks_grid
 from mgrit_resnet.training import train
+from mgrit_resnet.training.data import peaks_grid
 
 settings = {
     "network.depth": 16,

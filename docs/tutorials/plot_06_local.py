@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import mgrit_resnet as mr
-from mgrit_resnet.training.local import train
+from mgrit_resnet.training import train
 
 ROOT = Path(mr.__file__).resolve().parents[1]
 overrides = {"network.depth": 20, "train.blocks": 4, "train.local_schedule": "sequential"}

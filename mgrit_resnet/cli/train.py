@@ -4,38 +4,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, parse_overrides
+from ._common import add_config_arguments, check_output, load, progress, world_size
+
+HELP = "train the [network] on the [data] with the [train] strategy"
 
 
-def check_out_dir(out: Path | None, option: str = "--out") -> None:
-    """Fail before the work when ``out`` (created with its parents) cannot be a writable folder."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option}: {str(out)!r} exists and is not a folder")
-    existing = out.resolve()
-    while not existing.exists():  # the folder and any missing parents are created
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ValueError(f"{option}: cannot create {str(out)!r}: {str(existing)!r} is not a writable folder")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``train``."""
+    add_config_arguments(parser)
+    parser.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
 
 
-def prepare_train(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
-    """Validate the config, the output folder and the ranks, load data and build the model; return the job."""
-    from ..training.loop import prepare, train
+def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
+    """Validate the config, the output folder and the ranks, then load data and build the model; return the job."""
+    from ..training import check
+    from ..training.loop import RESUME_NEEDS_OUT, train
+    from ..training.loop import prepare as build
 
-    cfg = load_config(args.config, parse_overrides(args.set))
+    cfg = load(args)
     out = None if args.out is None else Path(args.out)
     if args.resume and out is None:
-        raise ValueError("--resume needs --out DIR (the folder holding checkpoint.pt)")
-    check_out_dir(out)
-    prepared = prepare(cfg, comm, resume_from=out / "checkpoint.pt" if args.resume else None)
+        raise ValueError(RESUME_NEEDS_OUT)
+    check_output("--out", out, folder=True)
+    check(cfg, world_size(comm))
+    prepared = build(cfg, comm, resume_from=out / "checkpoint.pt" if args.resume else None)
 
     def run() -> int:
         if out is not None and rank == 0:
@@ -59,29 +56,20 @@ def prepare_train(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[]
 @contextlib.contextmanager
 def training_progress(rank: int, epochs: int, desc: str) -> Iterator[tuple[Callable, Callable]]:
     """``(on_step, on_epoch)`` for the training loops: a bar on rank 0 when stderr is a terminal, one printed line per epoch."""
-    from tqdm import tqdm
+    with progress(rank, epochs, desc, "epoch") as bar:
 
-    bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=rank != 0 or not sys.stderr.isatty(), leave=False)
+        def on_step(info: dict[str, Any]) -> None:
+            postfix = {"loss": f"{info['loss']:.4f}"}
+            if info.get("fwd_residual") is not None:
+                postfix["res"] = f"{info['fwd_residual']:.1e}/{info['adj_residual']:.1e}"
+            # sequential local schedules have an epoch per block: the loop says how many there are
+            bar.goto(info["epoch"] - 1 + info["step"] / info["steps"], info.get("epochs"), **postfix)
 
-    def on_step(info: dict[str, Any]) -> None:
-        bar.total = info.get("epochs", bar.total)  # sequential local schedules have an epoch per block
-        bar.n = info["epoch"] - 1 + info["step"] / info["steps"]
-        postfix = {"loss": f"{info['loss']:.4f}"}
-        if info.get("fwd_residual") is not None:
-            postfix["res"] = f"{info['fwd_residual']:.1e}/{info['adj_residual']:.1e}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.refresh()
-
-    def on_epoch(row: dict[str, Any]) -> None:
-        if rank == 0:
+        def on_epoch(row: dict[str, Any]) -> None:
             val = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.4f}"
             line = f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  val acc {val}"
             if row.get("head_val_accuracy"):
                 line += f"  blocks {row['blocks_trained']} heads " + "/".join(f"{a:.3f}" for a in row["head_val_accuracy"])
-            (bar.write if not bar.disable else print)(line + f"  ({row['epoch_time']:.1f} s)")
-            sys.stdout.flush()
+            bar.write(line + f"  ({row['epoch_time']:.1f} s)")
 
-    try:
         yield on_step, on_epoch
-    finally:
-        bar.close()

@@ -10,26 +10,36 @@ per tensor), the ranks, and whether both are within the tolerance.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int
-from ..config import load_config, parse_overrides
+from ._common import add_config_arguments, check_output, load, write_json
 
+HELP = "compare the layer-parallel network with its serial twin"
 DEFAULT_TOL = {"float64": 1e-6, "float32": 1e-3}
 EXIT_DIFFERENT = 1
 
 
-def prepare_verify(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``verify``."""
+    add_config_arguments(parser, "TOML config file ([network] and [mgrit] are used)")
+    parser.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    parser.add_argument("--batch", type=int, default=8, help="number of random input samples (default 8)")
+    parser.add_argument(
+        "--tol", type=float, default=None, help="largest relative difference that passes (default 1e-6 in float64, 1e-3 in float32)"
+    )
+
+
+def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Validate everything and build both networks; return the job that compares them."""
     import torch
 
     from .. import comm as comm_module
     from ..nn import LayerParallel, NetworkSpec, ODEResNet
 
-    cfg = load_config(args.config, parse_overrides(args.set))
+    check_output("--json", args.json)
+    cfg = load(args)
     batch = check_int("--batch", args.batch, minimum=1)
     spec = NetworkSpec.from_config(cfg.network)
     tol = DEFAULT_TOL[spec.dtype] if args.tol is None else check_float("--tol", args.tol, minimum=0.0)
@@ -66,8 +76,7 @@ def prepare_verify(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[
                 "passed": out_diff <= tol and diffs[worst] <= tol,
             }
             _print(spec, cfg, report)
-            if args.json:
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            write_json(args.json, report, rank)
         passed = backend.allgather(None if report is None else report["passed"])[0]
         return 0 if passed else EXIT_DIFFERENT
 

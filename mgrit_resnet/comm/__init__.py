@@ -11,25 +11,12 @@ from .base import Channel as Channel
 from .base import Request as Request
 from .base import ReversedBackend as ReversedBackend
 from .base import SerialBackend as SerialBackend
-from .base import backend_for as backend_for
 from .mpi import MPIBackend as MPIBackend
+from .mpi import backend_for as backend_for
 from .mpi import install_abort_on_error as install_abort_on_error
 from .mpi import local_rank as local_rank
 from .mpi import mpi_versions as mpi_versions
 from .mpi import split as split
 from .mpi import world as world
 
-__all__ = [
-    "Backend",
-    "Channel",
-    "Request",
-    "ReversedBackend",
-    "SerialBackend",
-    "MPIBackend",
-    "backend_for",
-    "install_abort_on_error",
-    "local_rank",
-    "mpi_versions",
-    "split",
-    "world",
-]
+__all__ = ["Backend", "backend_for", "world", "install_abort_on_error"]

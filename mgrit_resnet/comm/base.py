@@ -4,11 +4,14 @@ The solver talks to a :class:`Backend`; it never sees a communicator. Boundary
 states travel through :class:`Channel` objects: one persistent send buffer and
 one receive buffer per channel, reused across iterations, filled by copying and
 sent with non-blocking, buffer-based (never pickled) point-to-point calls.
+A solver keeps its channels from one solve to the next (see :meth:`Channel.finish`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+import numpy as np
 
 from .. import _arrays
 
@@ -18,25 +21,55 @@ class Request(Protocol):
 
 
 class Backend(Protocol):
-    """What the solver needs from a communicator."""
+    """What the solver needs from a communicator.
+
+    Attributes
+    ----------
+    rank, size
+        This rank and the number of ranks.
+    bytes_sent
+        Bytes of the states and buffers this rank has sent so far.
+    """
 
     rank: int
     size: int
     bytes_sent: int
 
-    def isend(self, buffer: Any, dest: int, tag: int) -> Request: ...
+    def isend(self, buffer: Any, dest: int, tag: int) -> Request:
+        """Start sending ``buffer`` (an array or CPU tensor, never a pickle) to rank ``dest``."""
+        ...
 
-    def irecv(self, buffer: Any, source: int, tag: int) -> Request: ...
+    def irecv(self, buffer: Any, source: int, tag: int) -> Request:
+        """Start receiving into ``buffer`` from rank ``source``."""
+        ...
 
-    def allreduce_sum(self, value: float) -> float: ...
+    def allreduce_sum(self, value: float) -> float:
+        """The sum of ``value`` over all ranks, on every rank."""
+        ...
 
-    def allgather(self, value: Any) -> list: ...
+    def allgather(self, value: Any) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        ...
 
-    def gather(self, value: Any) -> list | None: ...
+    def gather(self, value: Any) -> list | None:
+        """Every rank's ``value`` in rank order on rank 0; ``None`` elsewhere."""
+        ...
 
-    def bcast_buffer(self, buffer: Any, root: int) -> None: ...
+    def bcast_buffer(self, buffer: Any, root: int) -> None:
+        """Overwrite ``buffer`` on every rank with rank ``root``'s, in place."""
+        ...
 
-    def allreduce_buffer(self, buffer: Any) -> None: ...
+    def allreduce_buffer(self, buffer: Any) -> None:
+        """Sum ``buffer`` over all ranks, in place."""
+        ...
+
+    def allgather_buffer(self, buffer: np.ndarray) -> np.ndarray:
+        """Every rank's ``buffer`` (a small NumPy array), stacked in rank order: shape ``(size, *buffer.shape)``.
+
+        A bookkeeping collective, like :meth:`allgather` and :meth:`allreduce_sum`:
+        not counted in ``bytes_sent``.
+        """
+        ...
 
 
 class SerialBackend:
@@ -68,6 +101,9 @@ class SerialBackend:
 
     def allreduce_buffer(self, buffer: Any) -> None:
         pass
+
+    def allgather_buffer(self, buffer: np.ndarray) -> np.ndarray:
+        return np.array(buffer)[np.newaxis]
 
 
 class ReversedBackend:
@@ -112,9 +148,17 @@ class ReversedBackend:
     def allreduce_buffer(self, buffer: Any) -> None:
         self.inner.allreduce_buffer(buffer)
 
+    def allgather_buffer(self, buffer: np.ndarray) -> np.ndarray:
+        return self.inner.allgather_buffer(buffer)[::-1]
+
 
 class Channel:
     """A one-way boundary link: send to the right neighbour, receive from the left.
+
+    A solver keeps its channels from one solve to the next. Within a solve
+    every posted receive is waited for before the next one is posted, and
+    MPI keeps the order of the messages of one sender and tag, so messages of
+    consecutive solves cannot mix; :meth:`finish` ends a solve.
 
     Parameters
     ----------
@@ -133,29 +177,37 @@ class Channel:
         self.left = left
         self.right = right
         self.tag = tag
-        self._recv_buffer = _arrays.empty_like(template) if left is not None else None
-        self._send_buffer = _arrays.empty_like(template) if right is not None else None
         # Device states travel through host copies (MPI here is not assumed to be CUDA-aware).
         self._staged = _arrays.on_device(template)
+        self._recv_buffer = _arrays.empty_like(template) if left is not None else None
+        self._send_buffer = _arrays.empty_like(template) if right is not None and not self._staged else None
         self._recv_host = _arrays.host_empty_like(template) if self._staged and left is not None else None
         self._send_host = _arrays.host_empty_like(template) if self._staged and right is not None else None
         self._recv_request: Request | None = None
         self._send_request: Request | None = None
+        self._handed_out = False
 
     def post_recv(self) -> None:
         """Start receiving the left neighbour's state (no-op at the left end)."""
-        if self.left is not None:
-            target = self._recv_host if self._staged else self._recv_buffer
-            self._recv_request = self.backend.irecv(target, self.left, self.tag)
+        if self.left is None:
+            return
+        if self._recv_request is not None:
+            raise RuntimeError(f"post_recv on channel {self.tag} while a receive is still posted on it")
+        target = self._recv_host if self._staged else self._recv_buffer
+        self._recv_request = self.backend.irecv(target, self.left, self.tag)
 
     def wait_recv(self) -> Any:
-        """Finish the posted receive; the buffer is valid until the next :meth:`post_recv`."""
+        """Finish the posted receive; the buffer is valid until the next :meth:`post_recv` of the same solve.
+
+        After :meth:`finish` the buffer belongs to the caller: the next solve receives into a new one.
+        """
         if self._recv_request is None:
             raise RuntimeError("wait_recv called without a posted receive")
         self._recv_request.Wait()
         self._recv_request = None
         if self._staged:
             _arrays.copy_into(self._recv_buffer, self._recv_host)
+        self._handed_out = True
         return self._recv_buffer
 
     def send(self, state: Any) -> None:
@@ -164,32 +216,24 @@ class Channel:
             return
         if self._send_request is not None:
             self._send_request.Wait()
-        if self._staged:
-            _arrays.copy_into(self._send_host, state)
-            self._send_request = self.backend.isend(self._send_host, self.right, self.tag)
-            return
-        _arrays.copy_into(self._send_buffer, state)
-        self._send_request = self.backend.isend(self._send_buffer, self.right, self.tag)
+        buffer = self._send_host if self._staged else self._send_buffer
+        _arrays.copy_into(buffer, state)
+        self._send_request = self.backend.isend(buffer, self.right, self.tag)
 
-    def close(self) -> None:
-        """Wait for an outstanding send."""
+    def finish(self) -> None:
+        """End a solve: wait for the outstanding send and give up the receive buffer handed out.
+
+        A problem may keep a state it stepped from (the network keeps each
+        layer's input for the gradient), and a received state is stepped from
+        as it is: so the buffer :meth:`wait_recv` returned is left to whoever
+        holds it, and this channel receives into a new one from now on. The
+        send buffer and the pinned host buffers of device states are kept.
+        """
+        if self._recv_request is not None:
+            raise RuntimeError(f"a solve ended with a receive still posted on channel {self.tag}")
         if self._send_request is not None:
             self._send_request.Wait()
             self._send_request = None
-
-
-def backend_for(comm: Any | None) -> Backend:
-    """Wrap ``comm`` (an mpi4py communicator, a backend, or ``None``).
-
-    Anything with the backend's ``isend`` and ``allreduce_sum`` is taken as a
-    backend as it is (e.g. a :class:`~mgrit_resnet.comm.clocked.ClockedBackend`).
-    """
-    if comm is None:
-        return SerialBackend()
-    if hasattr(comm, "isend") and hasattr(comm, "allreduce_sum"):
-        return comm
-    if comm.Get_size() == 1:
-        return SerialBackend()
-    from .mpi import MPIBackend
-
-    return MPIBackend(comm)
+        if self._handed_out:
+            self._recv_buffer = _arrays.empty_like(self._recv_buffer)
+            self._handed_out = False

@@ -6,8 +6,22 @@ from typing import Any
 
 import numpy as np
 
-from .base import backend_for
-from .mpi import split
+from .mpi import backend_for, split
+
+
+def layer_ranks(size: int, data_parallel: int, batch_size: int) -> int:
+    """The ranks per data group when ``size`` ranks form ``data_parallel`` groups sharing batches of ``batch_size``.
+
+    Raises
+    ------
+    ValueError
+        When ``data_parallel`` does not divide ``size``, or a batch has fewer rows than there are groups.
+    """
+    if size % data_parallel:
+        raise ValueError(f"train.data_parallel must divide the number of ranks ({size}); got {data_parallel}")
+    if batch_size < data_parallel:
+        raise ValueError(f"train.batch_size ({batch_size}) must be at least train.data_parallel ({data_parallel})")
+    return size // data_parallel
 
 
 class RankGroups:
@@ -16,12 +30,8 @@ class RankGroups:
     def __init__(self, comm: Any, data_parallel: int, batch_size: int) -> None:
         size = 1 if comm is None else comm.Get_size()
         rank = 0 if comm is None else comm.Get_rank()
-        if size % data_parallel:
-            raise ValueError(f"train.data_parallel must divide the number of ranks ({size}); got {data_parallel}")
-        if batch_size < data_parallel:
-            raise ValueError(f"train.batch_size ({batch_size}) must be at least train.data_parallel ({data_parallel})")
         self.size, self.rank, self.data_parallel = size, rank, data_parallel
-        self.layer_ranks = size // data_parallel
+        self.layer_ranks = layer_ranks(size, data_parallel, batch_size)
         self.group = rank // self.layer_ranks
         layer_comm = split(comm, self.group, rank) if data_parallel > 1 else comm
         data_comm = split(comm, rank % self.layer_ranks, rank) if data_parallel > 1 else None

@@ -5,7 +5,7 @@
 per-receiver mailboxes; collectives meet at a barrier. It is meant for
 schedules (which rank steps what, and sends what to whom, in which order), not
 for speed: the performance model runs the solver's own code on it, with the
-cost of every step charged to a :class:`~mgrit_resnet.vclock.VirtualClock`.
+cost of every step charged to a :class:`~mgrit_resnet.comm.clocked.VirtualClock`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from .. import _arrays
 
@@ -108,6 +110,9 @@ class ThreadBackend:
         for value in values[1:]:
             total = total + value
         _arrays.copy_into(buffer, total)
+
+    def allgather_buffer(self, buffer: np.ndarray) -> np.ndarray:
+        return np.stack(self.allgather(np.array(buffer, copy=True)))
 
 
 class ThreadWorld:

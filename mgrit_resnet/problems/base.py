@@ -31,6 +31,20 @@ class Problem(Protocol):
         """
 
 
+def section_values(section: Any, kind: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of a ``[problem]`` section (anything with ``as_dict()``, or a mapping).
+
+    ``keys`` must be among them; a ``kind`` among them must be ``kind`` (when given).
+    """
+    values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+    missing = [key for key in keys if key not in values]
+    if missing:
+        raise ValueError(f"the [problem] section lacks {', '.join(f'problem.{key}' for key in missing)}")
+    if kind is not None and values.get("kind", kind) != kind:
+        raise ValueError(f"problem.kind = {values['kind']!r} is not {kind!r}")
+    return values
+
+
 class UniformGrid:
     """Shared bookkeeping of problems on a uniform time grid."""
 
@@ -49,3 +63,17 @@ class UniformGrid:
     def interval(self, start: int, stop: int) -> float:
         """Length of the interval between fine points ``start`` and ``stop``."""
         return (stop - start) * self.dt
+
+
+def heat_from_config(cls: Any, section: Any) -> Any:
+    """A heat problem ``cls`` (with its ``kind``) from a ``[problem]`` section: backward Euler only."""
+    p = section_values(section, cls.kind, ("nx", "diffusivity", "t_final", "n_steps"))
+    scheme = p.get("scheme", "backward_euler")
+    if scheme != "backward_euler":
+        raise ValueError(f"problem.scheme must be 'backward_euler' for problem.kind = {cls.kind!r}; got {scheme!r}")
+    return cls(nx=p["nx"], diffusivity=p["diffusivity"], t_final=p["t_final"], n_steps=p["n_steps"])
+
+
+def heat_text(problem: Any) -> str:
+    """One line for a heat problem: ``nx = 32, diffusivity 1.0, backward_euler, T = 5.0, 100 steps``."""
+    return f"nx = {problem.nx}, diffusivity {problem.diffusivity}, backward_euler, T = {problem.t_final}, {problem.n_steps} steps"

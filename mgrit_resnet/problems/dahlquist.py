@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
 from .._checks import check_choice
 from ..config import SCHEMES
-from .base import UniformGrid
+from .base import UniformGrid, section_values
 
 
 class Dahlquist(UniformGrid):
@@ -25,6 +26,8 @@ class Dahlquist(UniformGrid):
         levels use the same scheme with the longer step.
     """
 
+    kind = "dahlquist"
+
     def __init__(self, z: complex = -1.0, t_final: float = 5.0, n_steps: int = 100, scheme: str = "backward_euler") -> None:
         super().__init__(t_final, n_steps)
         if isinstance(z, bool) or not isinstance(z, numbers.Complex):
@@ -33,6 +36,16 @@ class Dahlquist(UniformGrid):
         self.scheme = check_choice("scheme", scheme, SCHEMES)
         self._dtype = np.complex128 if isinstance(self.z, complex) else np.float64
         self._factors: dict[int, complex] = {}
+
+    @classmethod
+    def from_config(cls, section: Any) -> Dahlquist:
+        """From a ``[problem]`` section with ``kind = "dahlquist"`` (or a mapping with its keys)."""
+        p = section_values(section, cls.kind, ("z", "t_final", "n_steps", "scheme"))
+        return cls(z=p["z"], t_final=p["t_final"], n_steps=p["n_steps"], scheme=p["scheme"])
+
+    def describe(self) -> str:
+        """One line: ``z = -1.0, backward_euler, T = 5.0, 100 steps``."""
+        return f"z = {self.z}, {self.scheme}, T = {self.t_final}, {self.n_steps} steps"
 
     def amplification(self, dt: float) -> complex:
         """The scheme's factor ``R(z dt)``: one step multiplies the state by it."""

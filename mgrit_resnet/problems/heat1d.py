@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .._checks import check_float, check_int
-from .base import UniformGrid
+from .base import UniformGrid, heat_from_config, heat_text
 
 
 class Heat1D(UniformGrid):
@@ -28,6 +30,8 @@ class Heat1D(UniformGrid):
     computed once per step length (one per level).
     """
 
+    kind = "heat1d"
+
     def __init__(self, nx: int = 64, diffusivity: float = 1.0, t_final: float = 1.0, n_steps: int = 100) -> None:
         super().__init__(t_final, n_steps)
         self.nx = check_int("nx", nx, minimum=1)
@@ -36,6 +40,15 @@ class Heat1D(UniformGrid):
         h = 1.0 / (self.nx + 1)
         self.laplacian = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(self.nx, self.nx), format="csc") / h**2
         self._solvers: dict[int, spla.SuperLU] = {}
+
+    @classmethod
+    def from_config(cls, section: Any) -> Heat1D:
+        """From a ``[problem]`` section with ``kind = "heat1d"`` (or a mapping with its keys); the scheme must be ``backward_euler``."""
+        return heat_from_config(cls, section)
+
+    def describe(self) -> str:
+        """One line: ``nx = 32, diffusivity 1.0, backward_euler, T = 5.0, 100 steps``."""
+        return heat_text(self)
 
     def initial_value(self) -> np.ndarray:
         """``sin(pi x) + sin(8 pi x) / 2`` at the interior grid points."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
 from .. import _petsc
 from .._checks import check_float, check_int
-from .base import UniformGrid
+from .base import UniformGrid, heat_from_config, heat_text
 
 PETSc = _petsc.load("Heat2D")
 
@@ -38,6 +40,8 @@ class Heat2D(UniformGrid):
     All PETSc objects live on ``PETSc.COMM_SELF``: parallelism is in time only.
     """
 
+    kind = "heat2d"
+
     def __init__(self, nx: int = 32, diffusivity: float = 1.0, t_final: float = 1.0, n_steps: int = 100, ksp_rtol: float = 1e-12) -> None:
         super().__init__(t_final, n_steps)
         self.nx = check_int("nx", nx, minimum=1)
@@ -60,6 +64,15 @@ class Heat2D(UniformGrid):
         self.laplacian.assemble()
         self._rhs, self._solution = self.laplacian.createVecs()
         self._solvers: dict[int, PETSc.KSP] = {}
+
+    @classmethod
+    def from_config(cls, section: Any) -> Heat2D:
+        """From a ``[problem]`` section with ``kind = "heat2d"`` (or a mapping with its keys); the scheme must be ``backward_euler``."""
+        return heat_from_config(cls, section)
+
+    def describe(self) -> str:
+        """One line: ``nx = 32, diffusivity 1.0, backward_euler, T = 5.0, 100 steps``."""
+        return heat_text(self)
 
     def initial_value(self) -> np.ndarray:
         """``sin(pi x) sin(pi y) + sin(4 pi x) sin(3 pi y) / 2`` at the interior grid points, flattened."""

@@ -1,81 +1,38 @@
-"""The ``compare`` verb: several training strategies on the same network, data, seed and epoch budget.
+"""Training strategies side by side on the same network, data, seed and epoch budget (the ``compare`` verb).
 
 Every strategy runs on all ranks, one after the other, from the same config
-with only ``train.strategy`` changed. For each one the verb records the
+with only ``train.strategy`` changed. For each one :func:`measure` records the
 metrics, the wall time, the bytes each rank sent and each rank's measured
-peak memory, and writes a table and a figure.
+peak memory; :func:`markdown_table` and :func:`write_csv` lay the records out.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import ctypes
 import gc
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import STRATEGIES, ConfigError, load_config, parse_overrides
+from ..config import Config
 
 _MIB = 2**20
 
 
-def parse_strategies(text: str) -> list[str]:
-    """``"serial,local"`` -> ``["serial", "local"]``; unknown or repeated names are a :class:`ConfigError`."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ConfigError(f"--strategies takes a comma-separated list of {', '.join(STRATEGIES)}; got {text!r}")
-    for name in names:
-        if name not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--strategies names a strategy twice: {text!r}")
-    return names
+def measure(cfg: Config, comm: Any, on_step: Callable | None = None, on_epoch: Callable | None = None) -> dict[str, Any]:
+    """Collective: train ``cfg`` on every rank and measure it; the record of one strategy (the same on every rank).
 
-
-def prepare_compare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
-    """Check the strategies, every strategy's config against the ranks, and the output folder; return the job."""
-    from ..cli.train import check_out_dir
-    from ..training.loop import prepare
-
-    names = parse_strategies(args.strategies)
-    overrides = parse_overrides(args.set)
-    configs = {name: load_config(args.config, {**overrides, "train.strategy": name}) for name in names}
-    out = None if args.out is None else Path(args.out)
-    check_out_dir(out)
-    for cfg in configs.values():
-        prepare(cfg, comm)  # every check before any strategy runs; the models are built again, measured, in run()
-    _warm_up()
-
-    def run() -> int:
-        results = [_run_one(cfg, comm, rank) for cfg in configs.values()]
-        if rank == 0:
-            table = markdown_table(results)
-            print(table)
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "compare.json").write_text(json.dumps(results, indent=2) + "\n")
-                (out / "compare.md").write_text(table + "\n")
-                _write_csv(results, out / "compare.csv")
-                from .plot import plot_compare
-
-                print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and {plot_compare(results, out / 'compare.png')}")
-        return 0
-
-    return run
-
-
-def _run_one(cfg: Any, comm: Any, rank: int) -> dict[str, Any]:
+    The record holds the accuracies (per-block heads too), the wall time, each
+    rank's peak memory and memory growth, the bytes each rank sent, the summary
+    and the validation curve. ``on_step`` and ``on_epoch`` are passed to the training loop.
+    """
     from .. import comm as comm_module
-    from ..cli.train import training_progress
     from ..training.loop import prepare, train
 
     backend = comm_module.backend_for(comm)
     start_kib, measured = _reset_peak()
-    with training_progress(rank, cfg.train.epochs, f"compare {cfg.train.strategy}") as (on_step, on_epoch):
-        result = train(cfg, comm, on_step=on_step, on_epoch=on_epoch, prepared=prepare(cfg, comm))
+    result = train(cfg, comm, on_step=on_step, on_epoch=on_epoch, prepared=prepare(cfg, comm))
     peak_kib = _status_kib("VmHWM") if measured else _status_kib("VmRSS")
     s, rows = result.summary, result.metrics
     sent = [sum(r["bytes_sent"][p] for r in rows) for p in range(s["ranks"])]
@@ -102,7 +59,7 @@ def _curve_point(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keys if k in row}
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """One tiny Adam step, so that the first strategy does not pay torch's one-time set-up in its memory figure."""
     import torch
 
@@ -161,7 +118,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(results: list[dict[str, Any]], path: Path) -> None:
+def write_csv(results: list[dict[str, Any]], path: str | Path) -> None:
+    """``compare.csv``: one row per strategy; the per-block and per-rank lists as space-separated numbers."""
     columns = ["strategy", "val_accuracy", "train_accuracy", "best_head", "best_head_val_accuracy", "wall_time", "ranks"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

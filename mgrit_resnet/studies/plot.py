@@ -157,7 +157,7 @@ def plot_sweep(table: Any, path: str | Path) -> Path:
     Parameters
     ----------
     table
-        A :class:`~mgrit_resnet.sweep.Table` (``mgrit_resnet.sweep.read_table``).
+        A :class:`~mgrit_resnet.studies.sweep.Table` (``mgrit_resnet.studies.sweep.read_table``).
     path
         Output image (``.png``, ``.pdf``, ``.svg``).
     """
@@ -225,7 +225,7 @@ def plot_scaling(rows: Sequence[Any], path: str | Path, title: str = "") -> Path
     Parameters
     ----------
     rows
-        :class:`~mgrit_resnet.perfmodel.ScalingRow` objects; rows without a time are left out.
+        :class:`~mgrit_resnet.studies.perfmodel.ScalingRow` objects; rows without a time are left out.
     path
         Output image (``.png``, ``.pdf``, ``.svg``).
     title
@@ -342,7 +342,7 @@ def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None) -> Path
     Parameters
     ----------
     rows
-        :class:`~mgrit_resnet.tune.TuneRow` objects.
+        :class:`~mgrit_resnet.studies.tune.TuneRow` objects.
     path
         Output image (``.png``, ``.pdf``, ``.svg``).
     chosen

@@ -1,4 +1,4 @@
-"""The ``sweep`` verb: ``solve`` (or ``train``) at every point of a cartesian grid of config keys.
+"""Parameter sweeps: ``solve`` (or ``train``) at every point of a cartesian grid of config keys (the ``sweep`` verb).
 
 ``--grid KEY=V1,V2,...`` gives a dotted config key and its values. Each value
 is read like a ``--set`` value (a TOML value, else a bare string); the list is
@@ -7,8 +7,8 @@ itself a list keeps its brackets: ``--grid 'mgrit.coarsening=2,[2,4]'`` has the
 two values ``2`` and ``[2, 4]``. Points run in ``itertools.product`` order,
 the last ``--grid`` key varying fastest.
 
-Every point's config is built and checked (solver or model included) before
-the first point runs. Rank 0 appends one CSV row per finished point and syncs
+Every point's config is checked (its solver built, or its training checked
+against the ranks) before the first point runs. Rank 0 appends one CSV row per finished point and syncs
 the file, so a killed job loses at most the point it was running; run again
 with the same arguments, it skips the points whose grid values (compared as
 validated config values, so ``2`` and ``2.0`` are one real value) already have
@@ -17,14 +17,12 @@ a row.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
 import math
 import os
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from .. import comm as comm_module
-from .. import theory
-from ..cli import build_solver
-from ..config import SCHEMA, Config, ConfigError, load_config, parse_overrides, parse_value, toml_value, validate_section
+from .. import problems, theory
+from ..config import SCHEMA, Config, ConfigError, load_config, parse_value, toml_value, validate_section
+from ..mgrit import MGRIT
 
 SOLVE_COLUMNS = ("ranks", "iterations", "converged", "initial_residual", "final_residual", "mean_factor", "theory_bound", "wall_time")
 TRAIN_COLUMNS = ("ranks", "strategy", "epochs", "train_accuracy", "val_accuracy", "final_loss", "fwd_residual", "adj_residual", "wall_time")
@@ -197,7 +195,35 @@ def done_points(path: Path, header: list[str], grid_keys: list[str]) -> tuple[se
     return done, keep
 
 
-def _solve_point(cfg: Config, comm: Any) -> dict[str, Any]:
+def build_solver(cfg: Config, comm: Any) -> MGRIT:
+    """The solver of the ``[problem]`` and ``[mgrit]`` tables of ``cfg`` (raises ValueError on bad input)."""
+    return MGRIT.from_config(problems.from_config(cfg.problem), cfg.mgrit, comm)
+
+
+def check_points(points: Sequence[Point], verb: str, comm: Any) -> None:
+    """The checks a run of ``verb`` makes first, for every point before any runs.
+
+    ``solve`` builds each point's solver (cheap: nothing is solved); ``train``
+    checks each point's config against the ranks (:func:`mgrit_resnet.training.check`:
+    no model is built, no data loaded). Raises :class:`~mgrit_resnet.config.ConfigError`
+    naming the first bad point.
+    """
+    if verb == "train":
+        from ..training import check
+
+        size = comm_module.backend_for(comm).size
+    for point in points:
+        try:
+            if verb == "solve":
+                build_solver(point.config, comm)
+            else:
+                check(point.config, size)
+        except (ValueError, TypeError, ImportError) as error:
+            raise ConfigError(f"grid point {point.label}: {error}") from None
+
+
+def solve_point(cfg: Config, comm: Any) -> dict[str, Any]:
+    """Solve one point; its :data:`SOLVE_COLUMNS`."""
     solver = build_solver(cfg, comm)
     result = solver.solve()
     return {
@@ -212,7 +238,8 @@ def _solve_point(cfg: Config, comm: Any) -> dict[str, Any]:
     }
 
 
-def _train_point(cfg: Config, comm: Any) -> dict[str, Any]:
+def train_point(cfg: Config, comm: Any) -> dict[str, Any]:
+    """Train one point; its :data:`TRAIN_COLUMNS`."""
     from ..training.loop import train
 
     result = train(cfg, comm)
@@ -224,79 +251,13 @@ def _train_point(cfg: Config, comm: Any) -> dict[str, Any]:
     }
 
 
-def _number(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, spec)
+def header(grid_keys: Sequence[str], verb: str) -> list[str]:
+    """The CSV header of a sweep: the grid keys, then the result columns of ``verb``."""
+    return [*grid_keys, *RESULT_COLUMNS[verb]]
 
 
-def _point_text(verb: str, row: dict[str, Any]) -> str:
-    if verb == "solve":
-        state = "converged" if row["converged"] else "not converged"
-        return (
-            f"{state}, {row['iterations']} iteration(s), residual {_number(row['final_residual'], '.3e')}, "
-            f"mean factor {_number(row['mean_factor'], '.4f')} (theory {_number(row['theory_bound'], '.4f')}), {row['wall_time']:.3f} s"
-        )
-    return (
-        f"train acc {_number(row['train_accuracy'], '.4f')}, val acc {_number(row['val_accuracy'], '.4f')}, "
-        f"loss {_number(row['final_loss'], '.4f')}, {row['wall_time']:.1f} s"
-    )
-
-
-def prepare_sweep(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
-    """Check the grid, every point's config and the CSV; return the job that runs the missing points."""
-    verb = args.sweep_verb
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ConfigError(f"--out must name a .csv file; got {args.out!r}")
-    if out.exists() and not out.is_file():
-        raise ConfigError(f"--out {args.out!r} exists and is not a file")
-    overrides = parse_overrides(args.set)
-    grid = parse_grid(args.grid, overrides)
-    points = grid_points(args.config, overrides, grid, verb)
-    if verb == "solve":
-        check = build_solver
-    else:
-        from ..training.loop import prepare as check
-    for point in points:  # the checks a run makes first, for every point before any runs
-        try:
-            check(point.config, comm)
-        except (ValueError, TypeError, ImportError) as error:
-            raise ConfigError(f"grid point {point.label}: {error}") from None
-    header = [*grid, *RESULT_COLUMNS[verb]]
-    skip, keep = _points_done(out, header, list(grid), points, comm, rank)
-    todo = [point for point, done in zip(points, skip) if not done]
-    run_point = _solve_point if verb == "solve" else _train_point
-
-    def run() -> int:
-        from tqdm import tqdm
-
-        if rank == 0:
-            print(f"sweep: {len(points)} point(s), {len(points) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
-        bar = tqdm(total=len(todo), desc=f"sweep {verb}", unit="point", disable=rank != 0 or not sys.stderr.isatty(), leave=False)
-        table = _open_table(out, keep, header) if rank == 0 else None
-        try:
-            for i, point in enumerate(todo, start=1):
-                row = run_point(point.config, comm)
-                bar.update()
-                if table is not None:
-                    csv.writer(table, lineterminator="\n").writerow([*point.cells, *(cell(row[c]) for c in RESULT_COLUMNS[verb])])
-                    table.flush()
-                    os.fsync(table.fileno())
-                    line = f"[{i}/{len(todo)}] {point.label}: {_point_text(verb, row)}"
-                    (print if bar.disable else bar.write)(line)
-                    sys.stdout.flush()
-        finally:
-            bar.close()
-            if table is not None:
-                table.close()
-        if rank == 0:
-            print(f"wrote {out}")
-        return 0
-
-    return run
-
-
-def _points_done(out: Path, header: list[str], keys: list[str], points: list[Point], comm: Any, rank: int) -> tuple[list[bool], int]:
-    """Collective: which points have a row in ``out`` (read on rank 0, the same answer on every rank), and the bytes to keep.
+def pending(out: Path, grid_keys: Sequence[str], verb: str, points: Sequence[Point], comm: Any, rank: int) -> tuple[list[Point], int]:
+    """Collective: the points without a row in ``out`` (read on rank 0, the same answer on every rank), and the bytes to keep.
 
     Raises ConfigError on every rank when ``out`` cannot be resumed (rank 0's message names why).
     """
@@ -304,14 +265,45 @@ def _points_done(out: Path, header: list[str], keys: list[str], points: list[Poi
     keep, problem = 0, None
     if rank == 0:
         try:
-            done, keep = done_points(out, header, keys)
+            done, keep = done_points(out, header(grid_keys, verb), list(grid_keys))
             flags[1:] = [point.cells in done for point in points]
         except ConfigError as error:
             flags[0], problem = 1, error
     comm_module.backend_for(comm).bcast_buffer(flags, root=0)
     if flags[0]:
         raise problem or ConfigError(f"--out {str(out)!r} cannot be resumed (rank 0 says why)")
-    return [bool(f) for f in flags[1:]], keep
+    return [point for point, done in zip(points, flags[1:]) if not done], keep
+
+
+def run_points(
+    out: Path,
+    keep: int,
+    grid_keys: Sequence[str],
+    verb: str,
+    todo: Sequence[Point],
+    comm: Any,
+    rank: int,
+    on_point: Callable[[int, Point, dict[str, Any]], None] | None = None,
+) -> None:
+    """Collective: run every point of ``todo``; rank 0 appends its row to ``out`` and syncs the file.
+
+    ``keep`` is the number of bytes of ``out`` to keep (from :func:`pending`).
+    ``on_point(i, point, row)`` is called on every rank after the ``i``-th point (from 1) is written.
+    """
+    run_point = solve_point if verb == "solve" else train_point
+    table = _open_table(out, keep, header(grid_keys, verb)) if rank == 0 else None
+    try:
+        for i, point in enumerate(todo, start=1):
+            row = run_point(point.config, comm)
+            if table is not None:
+                csv.writer(table, lineterminator="\n").writerow([*point.cells, *(cell(row[c]) for c in RESULT_COLUMNS[verb])])
+                table.flush()
+                os.fsync(table.fileno())
+            if on_point is not None:
+                on_point(i, point, row)
+    finally:
+        if table is not None:
+            table.close()
 
 
 def _open_table(path: Path, keep: int, header: list[str]) -> io.TextIOWrapper:

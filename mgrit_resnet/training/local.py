@@ -23,57 +23,27 @@ results are the same at every rank count.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import comm as comm_module
-from ..config import TORCH_OPTIMIZERS
-from ..nn.layers import NetworkSpec, resolve_device
+from ..comm.groups import RankGroups
+from ..nn.layers import resolve_device
+from ..nn.spec import NetworkSpec
 from . import checkpoint
-from .blocks import block_taus, build_blocks, kinetic_weight, split_evenly
-from .data import load_dataset
-from .loop import EVAL_BATCH, RankGroups, TrainResult, start_output, sum_over_data_groups
+from .blocks import build_blocks
+from .checks import check_local
+from .data import Dataset, load_dataset
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
+from .plan import block_taus, epoch_plan, kinetic_weight, split_evenly
+from .strategy import EVAL_BATCH, Strategy, sum_over_data_groups
 
 _TRAIN, _EVAL = 0, 1
-
-
-def check_local(cfg: Any, size: int) -> int:
-    """The number of blocks ``K`` for ``size`` layer-ranks (ranks per data group), after checking the ``[train]`` keys of local training."""
-    t, depth = cfg.train, cfg.network.depth
-    if t.optimizer not in TORCH_OPTIMIZERS:
-        raise ValueError(
-            f"train.strategy = {t.strategy!r} gives every block its own optimiser: "
-            f"train.optimizer must be 'sgd' or 'adam'; got {t.optimizer!r}"
-        )
-    blocks = t.blocks or size
-    if blocks < size:
-        ranks = "ranks" if t.data_parallel == 1 else "ranks per data group"
-        raise ValueError(f"train.blocks ({blocks}) must be at least the number of {ranks} ({size}): every rank holds whole blocks")
-    if blocks > depth:
-        raise ValueError(f"train.blocks ({blocks}) must be at most network.depth ({depth}): every block holds a residual layer")
-    block_taus(t.tau, blocks)
-    if t.local_schedule == "multilap" and t.laps > t.epochs:
-        raise ValueError(
-            f"train.laps ({t.laps}) must be at most train.epochs ({t.epochs}): every lap trains every block at least one epoch"
-        )
-    return blocks
-
-
-def stages(schedule: str, blocks: int, epochs: int, laps: int) -> list[tuple[tuple[int, ...], int]]:
-    """``(blocks that train, epochs)`` in order: the whole schedule."""
-    if schedule == "parallel":
-        return [(tuple(range(blocks)), epochs)]
-    if schedule == "sequential":
-        return [((k,), epochs) for k in range(blocks)]
-    return [((k,), len(share)) for share in split_evenly(epochs, laps) for k in range(blocks)]
 
 
 class _Pipe:
@@ -104,7 +74,7 @@ class _Pipe:
 
     def close(self) -> None:
         for channel in self._channels.values():
-            channel.close()
+            channel.finish()  # waits for the last send
 
 
 class LocalTrainer:
@@ -257,143 +227,125 @@ class LocalTrainer:
         return network, heads
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple[LocalTrainer, Any]:
-    """Check the config against the ranks, build this rank's blocks and load the data (raises ValueError on bad input).
-
-    ``resume_from`` names a checkpoint to check, too: one this schedule can continue from.
-    """
-    trainer = LocalTrainer(cfg, comm, seed)
-    if resume_from is not None:
-        _resumable(resume_from, epoch_plan(cfg, trainer.n_blocks), mmap=True)
-    return trainer, load_dataset(cfg.data, cfg.network)
-
-
-def epoch_plan(cfg: Any, blocks: int) -> list[tuple[int, tuple[int, ...]]]:
-    """``(stage, blocks that train)`` for every epoch of every stage of the schedule, in order (one metrics row each)."""
-    t = cfg.train
-    return [
-        (stage, training)
-        for stage, (training, epochs) in enumerate(stages(t.local_schedule, blocks, t.epochs, t.laps))
-        for _ in range(epochs)
-    ]
-
-
-def train(
-    cfg: Any,
-    comm: Any = None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    prepared: tuple | None = None,
-) -> TrainResult:
-    """Train ``cfg.network`` block-wise; collective over ``comm``. Arguments as :func:`mgrit_resnet.training.loop.train`.
+class BlockWise(Strategy):
+    """``local`` or ``trgl`` training, block by block (:class:`LocalTrainer`), under ``train.local_schedule``.
 
     A metrics row is written after every epoch of every stage of the schedule
     (``K x train.epochs`` rows for ``sequential`` and ``multilap``).
+
+    Parameters
+    ----------
+    cfg
+        A validated config with ``train.strategy`` ``local`` or ``trgl``.
+    prepared
+        ``(trainer, dataset)``, as :meth:`build` returns them.
     """
-    trainer, dataset = prepared if prepared is not None else prepare(cfg, comm)
-    t, backend, n_blocks = cfg.train, trainer.backend, trainer.n_blocks
-    dtype = trainer.spec.torch_dtype
-    train_x, val_x = dataset.train_x.to(dtype), dataset.val_x.to(dtype)
-    out = None if out is None else Path(out)
-    plan = epoch_plan(cfg, n_blocks)
-    metrics: list[dict[str, Any]] = []
-    elapsed = 0.0
-    if resume:
-        if out is None:
-            raise ValueError("--resume needs --out DIR (the folder holding checkpoint.pt)")
-        metrics, elapsed = _restore(out / "checkpoint.pt", trainer, plan)
-    if out is not None and backend.rank == 0:
-        start_output(out, cfg, metrics)
-    batches = dataset.batches(0, t.batch_size, t.seed)
-    started = time.perf_counter() - elapsed
-    epochs_done = [0] * n_blocks  # blocks that train together have trained equally long; this orders their batches
-    block_epochs = 0
-    for _, training in plan[: len(metrics)]:
-        block_epochs += len(training)
-        for k in training:
-            epochs_done[k] += 1
-    for stage, training in plan[len(metrics) :]:
-        epoch_start, bytes_before = time.perf_counter(), trainer.bytes_sent
-        order = np.random.default_rng([t.seed, epochs_done[training[0]], 1]).permutation(len(batches))
-        stats = np.zeros((n_blocks, 4))
-        for step, b in enumerate(order):
-            trainer.step(train_x[batches[b]], dataset.train_y[batches[b]], training, stats)
-            if on_step is not None:
-                info = {"epoch": len(metrics) + 1, "epochs": len(plan), "step": step + 1, "steps": len(batches)}
-                on_step({**info, "loss": _last_loss(stats)})
-        lr = backend.allgather(trainer.end_epoch(training))
-        for k in training:
-            epochs_done[k] += 1
-        stats = np.sum(backend.allgather(stats), axis=0)
-        block_epochs += len(training)
-        heads = trainer.accuracies(val_x, dataset.val_y)
+
+    blockwise: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, cfg: Any, comm: Any, seed: int) -> tuple[LocalTrainer, Dataset]:
+        return LocalTrainer(cfg, comm, seed), load_dataset(cfg.data, cfg.network)
+
+    @classmethod
+    def resumable(cls, cfg: Any, layer_ranks: int, path: str | Path, mmap: bool = False) -> dict[str, Any]:
+        """The checkpoint at ``path``, checked to be one that this config's schedule continues."""
+        plan = epoch_plan(cfg, check_local(cfg, layer_ranks))
+        saved = checkpoint.load(path, local=True, mmap=mmap)
+        if "optimizers" not in saved:
+            raise ValueError(f"--resume: {str(path)!r} holds no optimiser states (an older version wrote it); train again without --resume")
+        done = [(row["stage"], tuple(row["blocks_trained"])) for row in saved["metrics"]]
+        if done != plan[: len(done)]:
+            raise ValueError(
+                f"--resume: {str(path)!r} follows another schedule than this config: train.local_schedule, train.epochs, "
+                "train.laps and train.blocks must be those of the interrupted run (train.blocks = 0 means one block per rank: "
+                "set it to resume at another rank count)"
+            )
+        return saved
+
+    def __init__(self, cfg: Any, prepared: tuple[LocalTrainer, Dataset]) -> None:
+        self.cfg, t = cfg, cfg.train
+        self.trainer, self.dataset = prepared
+        self.groups = self.trainer.groups
+        dtype = self.trainer.spec.torch_dtype
+        self.train_x, self.val_x = self.dataset.train_x.to(dtype), self.dataset.val_x.to(dtype)
+        self.batches = self.dataset.batches(0, t.batch_size, t.seed)
+        self.plan = epoch_plan(cfg, self.trainer.n_blocks)
+        self._stats = np.zeros((self.trainer.n_blocks, 4))
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.trainer.bytes_sent
+
+    @property
+    def owned_layers(self) -> range:
+        return self.trainer.owned_layers
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.trainer.load_states(saved["model"] | saved["heads"], saved["optimizers"], saved["schedules"])
+
+    def train_epoch(self, row: int) -> Iterator[dict[str, Any]]:
+        t, (_, training) = self.cfg.train, self.plan[row]
+        # Blocks that train together have trained equally long; that count orders their batches.
+        done = sum(training[0] in trained for _, trained in self.plan[:row])
+        order = np.random.default_rng([t.seed, done, 1]).permutation(len(self.batches))
+        self._stats = np.zeros((self.trainer.n_blocks, 4))
+        for b in order:
+            self.trainer.step(self.train_x[self.batches[b]], self.dataset.train_y[self.batches[b]], training, self._stats)
+            yield {"loss": _last_loss(self._stats)}
+
+    def end_epoch(self, row: int) -> dict[str, Any]:
+        backend, (stage, training) = self.groups.world, self.plan[row]
+        lr = backend.allgather(self.trainer.end_epoch(training))
+        stats = np.sum(backend.allgather(self._stats), axis=0)
+        heads = self.trainer.accuracies(self.val_x, self.dataset.val_y)
         lr = [v for v in lr if v is not None][-1]
-        row = _row(len(metrics) + 1, stage, training, stats, heads, lr, block_epochs / (n_blocks * t.epochs))
-        row["epoch_time"] = max(backend.allgather(time.perf_counter() - epoch_start))
-        row["bytes_sent"] = backend.allgather(trainer.bytes_sent - bytes_before)
-        metrics.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if out is not None:
-            if backend.rank == 0:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            _save(out, trainer, metrics, time.perf_counter() - started)  # nothing finished is lost
-    summary = _summary(cfg, trainer, dataset, train_x, val_x, metrics, time.perf_counter() - started)
-    trainer.pipe.close()
-    if out is not None:
-        _save(out, trainer, metrics, summary["wall_time"])
-        if backend.rank == 0:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return TrainResult(summary, metrics)
+        block_epochs = sum(len(trained) for _, trained in self.plan[: row + 1])
+        return _row(stage, training, stats, heads, lr, block_epochs / (self.trainer.n_blocks * self.cfg.train.epochs))
 
+    def state(self) -> dict[str, Any] | None:
+        """The network, the heads and every block's optimiser and schedule, keyed by block and parameter name.
 
-def _save(out: Path, trainer: LocalTrainer, metrics: list[dict[str, Any]], wall_time: float) -> None:
-    """Collective: the network, the heads and every block's optimiser and schedule, written atomically by rank 0 to ``out/checkpoint.pt``.
+        The keys do not depend on where a block runs, so any rank count loads them.
+        """
+        network, heads = self.trainer.full_state()
+        optimizers, schedules = {}, {}
+        for part in self.trainer.layer_backend.allgather(self.trainer.optimizer_states()):
+            optimizers.update(part[0])
+            schedules.update(part[1])
+        if self.groups.rank != 0:
+            return None
+        return {"model": network, "heads": heads, "optimizers": optimizers, "schedules": schedules}
 
-    Everything is keyed by block and parameter name, so it loads at any rank count.
-    """
-    network, heads = trainer.full_state()
-    optimizers, schedules = {}, {}
-    for part in trainer.layer_backend.allgather(trainer.optimizer_states()):
-        optimizers.update(part[0])
-        schedules.update(part[1])
-    if trainer.backend.rank == 0:
-        state = {
-            "strategy": trainer.cfg.train.strategy,
-            "model": network,
-            "heads": heads,
-            "optimizers": optimizers,
-            "schedules": schedules,
-            "metrics": metrics,
-            "epoch": len(metrics),
-            "wall_time": wall_time,
+    def final(self) -> tuple[float | None, float | None, dict[str, Any]]:
+        t, trainer = self.cfg.train, self.trainer
+        train_heads = trainer.accuracies(self.train_x, self.dataset.train_y)
+        val_heads = trainer.accuracies(self.val_x, self.dataset.val_y)
+        best = None if val_heads is None else int(np.argmax(val_heads))
+        extra = {
+            "local_schedule": t.local_schedule,
+            "blocks": [[r.start, r.stop] for r in trainer.bounds],
+            "owned_blocks": [[r.start, r.stop] for r in trainer.owned],
+            "tau": None if t.strategy == "local" else trainer.taus,
+            "head_train_accuracy": train_heads,
+            "head_val_accuracy": val_heads,
+            "best_head": best,
+            "best_head_val_accuracy": None if best is None else val_heads[best],
+            "bytes_sent": self.groups.world.allgather(trainer.bytes_sent),
         }
-        checkpoint.save_atomically(state, out / "checkpoint.pt")
+        return None if train_heads is None else train_heads[-1], None if val_heads is None else val_heads[-1], extra
+
+    def close(self) -> None:
+        self.trainer.pipe.close()
 
 
-def _resumable(path: Path, plan: list[tuple[int, tuple[int, ...]]], mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked to be one that ``plan`` continues."""
-    saved = checkpoint.load(path, local=True, mmap=mmap)
-    if "optimizers" not in saved:
-        raise ValueError(f"--resume: {str(path)!r} holds no optimiser states (an older version wrote it); train again without --resume")
-    done = [(row["stage"], tuple(row["blocks_trained"])) for row in saved["metrics"]]
-    if done != plan[: len(done)]:
-        raise ValueError(
-            f"--resume: {str(path)!r} follows another schedule than this config: train.local_schedule, train.epochs, "
-            "train.laps and train.blocks must be those of the interrupted run (train.blocks = 0 means one block per rank: "
-            "set it to resume at another rank count)"
-        )
-    return saved
-
-
-def _restore(path: Path, trainer: LocalTrainer, plan: list[tuple[int, tuple[int, ...]]]) -> tuple[list[dict[str, Any]], float]:
-    """Load this rank's blocks, optimisers and schedules from ``path``; the metrics so far and the wall time spent."""
-    saved = _resumable(path, plan)
-    trainer.load_states(saved["model"] | saved["heads"], saved["optimizers"], saved["schedules"])
-    return saved["metrics"], saved["wall_time"]
+def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple[LocalTrainer, Dataset]:
+    """Check the config against the ranks, build this rank's blocks and load the data: :meth:`BlockWise.prepare`."""
+    return BlockWise.prepare(cfg, comm, seed, resume_from)
 
 
 def _last_loss(stats: np.ndarray) -> float:
@@ -402,14 +354,12 @@ def _last_loss(stats: np.ndarray) -> float:
     return float(stats[trained[-1], 0] / stats[trained[-1], 3]) if len(trained) else float("nan")
 
 
-def _row(
-    epoch: int, stage: int, training: tuple[int, ...], stats: np.ndarray, heads: list[float] | None, lr: float, progress: float
-) -> dict:
+def _row(stage: int, training: tuple[int, ...], stats: np.ndarray, heads: list[float] | None, lr: float, progress: float) -> dict:
+    """The metrics of an epoch of the blocks ``training`` (after ``epoch``), from every block's summed ``stats``."""
     k = max(training)
     rows = np.where(stats[:, 3] > 0, stats[:, 3], np.nan)
     per_block = lambda column: [None if np.isnan(v) else float(v) for v in stats[:, column] / rows]  # noqa: E731
     return {
-        "epoch": epoch,
         "stage": stage,
         "blocks_trained": list(training),
         "progress": progress,
@@ -421,31 +371,4 @@ def _row(
         "block_train_accuracy": per_block(1),
         "kinetic": per_block(2),
         "lr": lr,
-    }
-
-
-def _summary(cfg, trainer, dataset, train_x, val_x, metrics, elapsed) -> dict[str, Any]:
-    backend, t = trainer.backend, cfg.train
-    train_heads = trainer.accuracies(train_x, dataset.train_y)
-    val_heads = trainer.accuracies(val_x, dataset.val_y)
-    best = None if val_heads is None else int(np.argmax(val_heads))
-    return {
-        "train_accuracy": train_heads[-1],
-        "val_accuracy": None if val_heads is None else val_heads[-1],
-        "final_loss": metrics[-1]["train_loss"] if metrics else None,
-        "epochs": t.epochs,
-        "wall_time": max(backend.allgather(elapsed)),
-        "ranks": backend.size,
-        "data_parallel": t.data_parallel,
-        "strategy": t.strategy,
-        "owned_layers": backend.allgather([trainer.owned_layers.start, trainer.owned_layers.stop]),
-        "local_schedule": t.local_schedule,
-        "blocks": [[r.start, r.stop] for r in trainer.bounds],
-        "owned_blocks": [[r.start, r.stop] for r in trainer.owned],
-        "tau": None if t.strategy == "local" else trainer.taus,
-        "head_train_accuracy": train_heads,
-        "head_val_accuracy": val_heads,
-        "best_head": best,
-        "best_head_val_accuracy": None if best is None else val_heads[best],
-        "bytes_sent": backend.allgather(trainer.bytes_sent),
     }

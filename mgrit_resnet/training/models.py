@@ -10,6 +10,32 @@ from torch import nn
 from ..nn import LayerParallel, ODEResNet
 
 
+def loss_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0, key: Any = None) -> tuple[float, int]:
+    """The training step's gradient: cross-entropy (mean over the batch, times ``weight``), backpropagated into ``.grad``.
+
+    Parameters
+    ----------
+    module
+        An :class:`~mgrit_resnet.nn.ODEResNet`, or a :class:`~mgrit_resnet.nn.LayerParallel`
+        (collective over its ranks; ``key`` names the batch for one-shot warm starts).
+    x, y
+        The batch and its labels.
+    weight
+        The batch's share of the mean the optimiser sees (its rows over the
+        whole batch's, when data groups each take a part).
+    key
+        The batch's warm-start key (layer-parallel networks only).
+
+    Returns
+    -------
+    The weighted loss and the number of correct predictions.
+    """
+    logits = module(x, key=key) if isinstance(module, LayerParallel) else module(x)
+    loss = nn.functional.cross_entropy(logits, y) * weight
+    loss.backward()
+    return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+
 class TrainModel:
     """A network under one strategy.
 
@@ -43,11 +69,8 @@ class TrainModel:
         return list(self.module.named_parameters())
 
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[float, int]:
-        """Cross-entropy (mean over the batch, times ``weight``), backpropagated; returns (loss, correct predictions)."""
-        logits = self.module(x, key=key) if self.parallel else self.module(x)
-        loss = nn.functional.cross_entropy(logits, y) * weight
-        loss.backward()
-        return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+        """:func:`loss_backward` of this network."""
+        return loss_backward(self.module, x, y, weight, key)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

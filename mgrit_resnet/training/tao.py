@@ -16,22 +16,10 @@ from typing import Any
 
 import torch
 
-from .. import _petsc
 from .. import comm as comm_module
+from .checks import lbfgs_petsc
 
 OPTIONS_PREFIX = "mgrit_"  # PETSc options of the L-BFGS solver, e.g. -mgrit_tao_lmvm_recycle 0, -mgrit_tao_ls_type armijo
-
-
-def check_available() -> Any:
-    """PETSc, when it can run L-BFGS on this job's ranks; else ImportError / ValueError saying what to do."""
-    PETSc = _petsc.load("train.optimizer = 'lbfgs'")
-    world = comm_module.world()
-    if not _petsc.has_mpi(PETSc, 1 if world is None else world.Get_size()):
-        raise ValueError(
-            "train.optimizer = 'lbfgs' on more than one rank needs PETSc built with MPI "
-            "(this petsc4py is a sequential MPI-uni build): rebuild it with `make petsc` (pip install --no-cache-dir petsc petsc4py)"
-        )
-    return PETSc
 
 
 class TaoLBFGS:
@@ -46,7 +34,7 @@ class TaoLBFGS:
     """
 
     def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], layer_comm: Any) -> None:
-        PETSc = check_available()
+        PETSc = lbfgs_petsc()
         self.backend = comm_module.backend_for(layer_comm)
         self.replicated = [p for name, p in named_params if not name.startswith("layers.")]
         self.owned = [p for name, p in named_params if name.startswith("layers.")]

@@ -9,7 +9,7 @@ import torch
 from mpi4py import MPI
 
 import mgrit_resnet as mr
-from mgrit_resnet.training import local
+from mgrit_resnet.training import local, train
 
 TIMES = ("epoch_time", "bytes_sent")
 comm = MPI.COMM_WORLD
@@ -19,7 +19,7 @@ for schedule in ("parallel", "sequential", "multilap"):
     overrides = {"train.strategy": "trgl", "train.blocks": 4, "train.local_schedule": schedule, "train.epochs": 2, "train.tau": 0.05}
     cfg = mr.load_config("examples/tiny_train.toml", overrides)
     prepared = local.prepare(cfg, comm)
-    result = local.train(cfg, comm, prepared=prepared)
+    result = train(cfg, comm, prepared=prepared)
     network, heads = prepared[0].full_state()
     metrics = [{k: v for k, v in r.items() if k not in TIMES} for r in result.metrics]
     out[schedule] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads}
@@ -28,7 +28,7 @@ if comm.Get_size() % 2 == 0:
     overrides = {"train.strategy": "trgl", "train.blocks": 4, "train.local_schedule": "multilap", "train.epochs": 2, "train.tau": 0.05}
     cfg = mr.load_config("examples/tiny_train.toml", {**overrides, "train.data_parallel": 2})
     prepared = local.prepare(cfg, comm)
-    result = local.train(cfg, comm, prepared=prepared)
+    result = train(cfg, comm, prepared=prepared)
     network, heads = prepared[0].full_state()
     metrics = [{k: v for k, v in r.items() if k not in TIMES} for r in result.metrics]
     out["data_parallel"] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads}

@@ -10,7 +10,8 @@ import torch
 from mpi4py import MPI
 
 import mgrit_resnet as mr
-from mgrit_resnet.training.loop import batch_gradient, prepare
+from mgrit_resnet.training.loop import prepare
+from mgrit_resnet.training.whole import batch_gradient
 
 comm = MPI.COMM_WORLD
 mr.comm.install_abort_on_error(comm)

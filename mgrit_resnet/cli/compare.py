@@ -1,0 +1,78 @@
+"""The ``compare`` verb: several training strategies on the same network, data, seed and epoch budget; table and figure.
+
+The runs and their measurements are :mod:`mgrit_resnet.studies.compare`; this
+module reads the options, checks every strategy's config before any runs,
+prints the table and writes ``compare.md``, ``compare.csv``, ``compare.json`` and ``compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import STRATEGIES, ConfigError, load_config, parse_overrides
+from ._common import add_config_arguments, check_output, world_size, write_json
+from .train import training_progress
+
+HELP = "train several strategies on the same network, data, seed and epoch budget; table and figure"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``compare``."""
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--strategies",
+        default="serial,one_shot,local,trgl",
+        help=f"comma-separated, from {', '.join(STRATEGIES)} (default %(default)s)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output folder (compare.md, compare.csv, compare.json, compare.png)")
+
+
+def parse_strategies(text: str) -> list[str]:
+    """``"serial,local"`` -> ``["serial", "local"]``; unknown or repeated names are a :class:`ConfigError`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--strategies takes a comma-separated list of {', '.join(STRATEGIES)}; got {text!r}")
+    for name in names:
+        if name not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies names a strategy twice: {text!r}")
+    return names
+
+
+def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
+    """Check the strategies, every strategy's config against the ranks, and the output folder; return the job."""
+    from ..studies import compare
+    from ..training import check
+
+    names = parse_strategies(args.strategies)
+    overrides = parse_overrides(args.set)
+    configs = {name: load_config(args.config, {**overrides, "train.strategy": name}) for name in names}
+    out = None if args.out is None else Path(args.out)
+    check_output("--out", out, folder=True)
+    for cfg in configs.values():
+        check(cfg, world_size(comm))  # every strategy checked before any runs; nothing is built here
+    compare.warm_up()
+
+    def run() -> int:
+        results = []
+        for cfg in configs.values():
+            with training_progress(rank, cfg.train.epochs, f"compare {cfg.train.strategy}") as (on_step, on_epoch):
+                results.append(compare.measure(cfg, comm, on_step, on_epoch))
+        if rank == 0:
+            table = compare.markdown_table(results)
+            print(table)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(out / "compare.json", results, rank)
+                (out / "compare.md").write_text(table + "\n")
+                compare.write_csv(results, out / "compare.csv")
+                from ..studies.plot import plot_compare
+
+                print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and {plot_compare(results, out / 'compare.png')}")
+        return 0
+
+    return run

@@ -1,0 +1,214 @@
+"""The solves of a layer-parallel network and the one autograd node that joins them.
+
+:class:`LayerSolves` holds everything a forward and backward pass needs
+besides the parameters: the forward and adjoint MGRIT solvers (and their
+one-level twins, the exact layer-serial propagation), the layer operators
+and the backend. :class:`LayerFunction` is ``x_0 -> x_N`` by forward MGRIT;
+its backward is the adjoint MGRIT solve, which also yields the owned layers'
+parameter gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import comm as comm_module
+from .._checks import check_int
+from ..mgrit import MGRIT
+from ..result import SolveResult
+from .ops import ConvOps, DenseOps
+from .partition import Weights, foreign_layers, layer_partition
+from .propagators import AdjointProblem, ForwardProblem
+from .spec import NetworkSpec
+
+
+@dataclass
+class CallStats:
+    """What the last forward and backward call did (on this rank; lists are per rank)."""
+
+    forward: dict[str, Any] = field(default_factory=dict)
+    adjoint: dict[str, Any] = field(default_factory=dict)
+    weight_bytes: int = 0
+    grad_error: float | None = None
+
+
+@dataclass
+class LayerSolves:
+    """The solves of one :class:`~mgrit_resnet.nn.LayerParallel`, handed to the autograd node with every call.
+
+    Attributes
+    ----------
+    spec
+        The network.
+    backend
+        This rank's backend; the adjoint solvers run on its reversed view.
+    layer_bounds
+        Rank ``p`` holds the layers ``[layer_bounds[p], layer_bounds[p + 1])``.
+    forward, adjoint
+        The solvers of a call: iterated to ``tol``, or a fixed number of iterations (one-shot).
+    serial_forward, serial_adjoint
+        One-level twins: exact layer-serial propagation, pipelined over the ranks.
+    ops
+        The layer operators of ``forward`` and ``adjoint`` (one level: autograd's kernels, bitwise).
+    foreign
+        For every rank, the other ranks' layers its coarse forward steps use.
+    track_grad_error
+        Whether a backward also measures its error against the exact one.
+    stats
+        What the last call did.
+    """
+
+    spec: NetworkSpec
+    backend: Any
+    layer_bounds: list[int]
+    forward: MGRIT
+    adjoint: MGRIT
+    serial_forward: MGRIT
+    serial_adjoint: MGRIT
+    ops: DenseOps | ConvOps
+    foreign: list[list[int]]
+    track_grad_error: bool = False
+    stats: CallStats = field(default_factory=CallStats)
+
+    @classmethod
+    def build(
+        cls,
+        spec: NetworkSpec,
+        backend: Any,
+        mgrit: Mapping[str, Any],
+        fwd_iters: int | None = None,
+        bwd_iters: int | None = None,
+        track_grad_error: bool = False,
+    ) -> LayerSolves:
+        """The solves of ``spec`` over the ranks of ``backend`` with the ``[mgrit]`` options ``mgrit``.
+
+        ``fwd_iters`` / ``bwd_iters`` (one-shot) replace ``tol`` and ``max_iter`` with a fixed number of iterations.
+        """
+        depth = spec.depth
+        fwd, adj, layer_bounds = layer_partition(depth, backend.size)
+        reversed_backend = comm_module.ReversedBackend(backend)
+
+        def solver(comm: Any, bounds: list[int], iters: int | None, **extra: Any) -> MGRIT:
+            fixed = {} if iters is None else {"tol": 0.0, "max_iter": iters}
+            return MGRIT.from_config(None, mgrit, comm=comm, n_steps=depth, partition=bounds, **fixed, **extra)
+
+        forward = solver(backend, fwd, fwd_iters)
+        adjoint = solver(reversed_backend, adj, bwd_iters)
+        serial_forward = solver(backend, fwd, None, levels=1)
+        serial_adjoint = solver(reversed_backend, adj, None, levels=1)
+        hierarchy = forward.hierarchy
+        levels = check_int("levels", mgrit.get("levels", 2), minimum=1)
+        if levels > 1 and hierarchy.n_levels == 1:
+            raise ValueError(
+                f"mgrit.coarsening={mgrit.get('coarsening', 2)!r} leaves no coarse grid for network.depth={depth} "
+                f"(a coarse level needs at least mgrit.min_coarse={mgrit.get('min_coarse', 2)} points): "
+                "use a smaller coarsening or levels = 1"
+            )
+        # One level is layer-serial and kept bitwise equal to autograd; multilevel solves agree to the
+        # solver tolerance anyway and take the faster adjoint kernels.
+        ops = spec.ops if hierarchy.n_levels == 1 else spec.fast_ops()
+        return cls(
+            spec, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, ops,
+            foreign_layers(hierarchy, layer_bounds), track_grad_error,
+        )  # fmt: skip
+
+    @property
+    def owned_layers(self) -> range:
+        """The residual layers this rank holds."""
+        rank = self.backend.rank
+        return range(self.layer_bounds[rank], self.layer_bounds[rank + 1])
+
+    def forward_solve(
+        self, solver: MGRIT, x0: torch.Tensor, weights: Weights, ops: Any, warm: list | None = None
+    ) -> tuple[ForwardProblem, SolveResult]:
+        """Propagate ``x0`` through the layers with ``solver``; the problem (it keeps what the gradient needs) and the result."""
+        problem = ForwardProblem(x0, weights, self.spec.h, self.spec.depth, ops, self.spec.act)
+        return problem, solver.solve(initial_guess=warm, problem=problem)
+
+    def adjoint_solve(
+        self, solver: MGRIT, forward: ForwardProblem, grad_final: torch.Tensor, warm: list | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], SolveResult]:
+        """Propagate ``grad_final`` back through ``forward``'s layers.
+
+        Returns ``lambda_0`` (on every rank), the owned layers' parameter gradients and the result.
+        """
+        adjoint = AdjointProblem(grad_final.detach().contiguous(), forward)
+        result = solver.solve(initial_guess=warm, problem=adjoint)
+        lam0 = self.broadcast(result.states[-1] if self.backend.rank == 0 else None, grad_final, 0)
+        grads = [g for n in self.owned_layers for g in adjoint.parameter_grads(n)]
+        return lam0, grads, result
+
+    def final_state(self, result: SolveResult, template: torch.Tensor) -> torch.Tensor:
+        """``x_N``, owned by the last rank, on every rank."""
+        last = self.backend.size - 1
+        return self.broadcast(result.states[-1] if self.backend.rank == last else None, template, last)
+
+    def broadcast(self, value: torch.Tensor | None, template: torch.Tensor, root: int) -> torch.Tensor:
+        """``value`` of rank ``root`` on every rank (staged through host memory)."""
+        backend = self.backend
+        if backend.size == 1:
+            return value
+        if backend.rank == root:
+            host = value.detach().cpu().contiguous()
+        else:
+            host = torch.empty(template.shape, dtype=template.dtype)
+        backend.bcast_buffer(host, root)
+        return host.to(template.device)
+
+    def grad_error(self, problem: ForwardProblem, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> float:
+        """Relative 2-norm error of an MGRIT vector-Jacobian product against the layer-serial one (collective)."""
+        exact_problem, _ = self.forward_solve(self.serial_forward, problem.x0, problem.weights, problem.ops)
+        exact_lam0, exact_grads, _ = self.adjoint_solve(self.serial_adjoint, exact_problem, grad_final)
+        diff = sum(float((g - e).double().pow(2).sum()) for g, e in zip(grads, exact_grads))
+        norm = sum(float(e.double().pow(2).sum()) for e in exact_grads)
+        if self.backend.rank == 0:  # the input gradient is replicated: count it once
+            diff += float((lam0 - exact_lam0).double().pow(2).sum())
+            norm += float(exact_lam0.double().pow(2).sum())
+        diff, norm = self.backend.allreduce_sum(diff), self.backend.allreduce_sum(norm)
+        return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
+
+
+def _summary(result: SolveResult) -> dict[str, Any]:
+    return {
+        "iterations": result.iterations,
+        "residuals": list(result.residuals),
+        "converged": result.converged,
+        "steps_per_rank": list(result.steps_per_rank),
+        "bytes_per_rank": list(result.bytes_per_rank),
+        "wall_time": result.wall_time,
+    }
+
+
+class LayerFunction(torch.autograd.Function):
+    """``x_0 -> x_N`` by forward MGRIT; its backward is the adjoint MGRIT solve.
+
+    ``apply(x0, solves, weights, warm, *params)``: ``weights`` are the layers
+    the forward steps use (this rank's and the borrowed ones, detached),
+    ``warm`` the warm-start entry of the batch or ``None``, and ``params``
+    this rank's layer parameters, whose gradients the backward returns.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, solves: LayerSolves, weights: Weights, warm: Any, *params):
+        problem, result = solves.forward_solve(solves.forward, x0.detach(), weights, solves.ops, None if warm is None else warm.forward)
+        if warm is not None:
+            warm.forward = solves.forward.restart_states(result)
+        solves.stats.forward = _summary(result)
+        ctx.solves, ctx.problem, ctx.warm = solves, problem, warm
+        return solves.final_state(result, x0)
+
+    @staticmethod
+    def backward(ctx, grad_final):
+        solves, problem, warm = ctx.solves, ctx.problem, ctx.warm
+        lam0, grads, result = solves.adjoint_solve(solves.adjoint, problem, grad_final, None if warm is None else warm.adjoint)
+        if warm is not None:
+            warm.adjoint = solves.adjoint.restart_states(result)
+        solves.stats.adjoint = _summary(result)
+        if solves.track_grad_error:
+            solves.stats.grad_error = solves.grad_error(problem, grad_final, lam0, grads)
+        return (lam0, None, None, None, *grads)

@@ -1,0 +1,123 @@
+"""What a network is: the ``[network]`` table of the config, checked, and what follows from it.
+
+The step ``h``, the torch dtype, the activation, the layer operators and the
+shape of an input sample all derive from a :class:`NetworkSpec`; so does the
+input check both networks make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._checks import check_choice, check_float, check_int
+from ..config import DEVICES, NETWORK_KINDS
+from ..config import DTYPES as DTYPE_NAMES
+from .activations import ACTIVATIONS, Activation
+from .ops import ConvOps, DenseOps
+
+#: The torch dtype of every ``network.dtype`` the config offers.
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+#: The input checks' verdicts by code, for ranks that compare them (0: a valid input).
+INPUT_PROBLEMS = ("not a tensor", "of the wrong shape", "not floating-point", "not finite")
+#: The code and the message of the one problem whose message does not depend on the input.
+NON_FINITE_CODE, NON_FINITE_INPUT = INPUT_PROBLEMS.index("not finite") + 1, "the network input contains NaN or infinite values"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a network is: the ``[network]`` table of the config, checked.
+
+    Parameters
+    ----------
+    kind
+        ``"dense"`` (inputs ``(batch, in_features)``) or ``"conv"`` (inputs
+        ``(batch, in_channels, image_size, image_size)``).
+    width
+        Dense width, or number of channels of the convolutional layers.
+    depth
+        Number of residual layers ``N``; each is a step of ``h = t_final / N``.
+    """
+
+    kind: str = "dense"
+    in_features: int = 2
+    in_channels: int = 1
+    image_size: int = 8
+    width: int = 8
+    depth: int = 64
+    t_final: float = 1.0
+    activation: str = "tanh"
+    n_classes: int = 5
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_choice("network.kind", self.kind, NETWORK_KINDS)
+        for name in ("in_features", "in_channels", "image_size", "width", "depth"):
+            check_int(f"network.{name}", getattr(self, name), minimum=1)
+        check_int("network.n_classes", self.n_classes, minimum=2)
+        if check_float("network.t_final", self.t_final) <= 0:
+            raise ValueError(f"network.t_final must be a real number > 0; got {self.t_final!r}")
+        check_choice("network.activation", self.activation, tuple(ACTIVATIONS))
+        check_choice("network.dtype", self.dtype, DTYPE_NAMES)
+        check_choice("network.device", self.device, DEVICES)
+
+    @classmethod
+    def from_config(cls, section: Any) -> NetworkSpec:
+        """From a config ``[network]`` section (or a mapping with its keys)."""
+        values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+        return cls(**values)
+
+    @property
+    def h(self) -> float:
+        """The layer step ``t_final / depth``."""
+        return self.t_final / self.depth
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a ``torch.dtype``."""
+        return DTYPES[self.dtype]
+
+    @property
+    def act(self) -> Activation:
+        """The activation, with its hand-written derivative."""
+        return ACTIVATIONS[self.activation]
+
+    @property
+    def ops(self) -> DenseOps | ConvOps:
+        """The residual layers' operator ``W x + b`` with its vector-Jacobian products (autograd's kernels)."""
+        return DenseOps() if self.kind == "dense" else ConvOps(self.width)
+
+    def fast_ops(self) -> DenseOps | ConvOps:
+        """The operators with the fastest adjoint products (conv: not bitwise autograd's)."""
+        return DenseOps() if self.kind == "dense" else ConvOps(self.width, fast_input_vjp=True)
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample."""
+        if self.kind == "dense":
+            return (self.in_features,)
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def check_input(self, x: Any) -> str | None:
+        """Why ``x`` is not a valid batch of inputs, or ``None`` when it is."""
+        return self.input_problem(x)[1]
+
+    def input_problem(self, x: Any) -> tuple[int, str | None]:
+        """:meth:`check_input` with a code: ``(0, None)`` for a valid batch, else ``(k, why)``.
+
+        ``k`` is one more than the problem's index in :data:`INPUT_PROBLEMS`.
+        """
+        if not isinstance(x, torch.Tensor):
+            return 1, f"the network input must be a torch.Tensor; got {type(x).__name__}"
+        shape = self.input_shape()
+        if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape or x.shape[0] < 1:
+            expected = ", ".join(["batch", *map(str, shape)])
+            return 2, f"the {self.kind} network input must have shape ({expected}); got {tuple(x.shape)}"
+        if not x.is_floating_point():
+            return 3, f"the network input must be a floating-point tensor; got {x.dtype}"
+        if not bool(torch.isfinite(x).all()):
+            return NON_FINITE_CODE, NON_FINITE_INPUT
+        return 0, None

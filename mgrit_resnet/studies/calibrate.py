@@ -1,0 +1,208 @@
+"""One-rank calibration of the performance model: the measured cost of every kind of step.
+
+Each step kind is timed on its own (fine and coarse, forward and adjoint), as
+are the per-layer gradient and optimiser work and the replicated opening and
+classifier; the solver's bookkeeping per step is what remains of the measured
+one-rank time. Times are thread CPU time, so a busy machine slows the
+calibration less than it slows wall clocks.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..mgrit import MGRIT
+from .schedule import StepCosts, simulate_solve, simulate_training_step, solver_options
+
+
+@dataclass
+class Calibration:
+    """What a 1-rank calibration measured: costs, the serial reference and the 1-rank time."""
+
+    costs: StepCosts
+    serial_time: float
+    one_rank_time: float
+    iterations: tuple[int, int]
+    what: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "costs": asdict(self.costs)}
+
+
+def cpu_seconds(work: Callable[[], Any], repeats: int = 5) -> float:
+    """Median thread CPU time of ``work()`` over ``repeats`` runs (after one untimed run)."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        work()
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
+def _fit_to_whole(measured: float, costs: StepCosts, calls: Sequence[tuple[dict[int, int], str]]) -> None:
+    """Make ``costs`` add up to the ``measured`` one-rank time.
+
+    What the timed parts leave unexplained is the solver's bookkeeping, spread
+    evenly over the steps.  When the parts explain more than the whole (each
+    is timed alone, at another moment, on a machine whose speed drifts), every
+    part is scaled down by the same factor instead: the whole is the better
+    measure of one rank's speed, and the schedule depends on the parts' ratios.
+    """
+    steps = sum(n for counts, _ in calls for n in counts.values())
+
+    def cost(kind: str, level: int) -> float:
+        per_level = getattr(costs, kind) or costs.forward
+        return per_level[min(level, len(per_level) - 1)]
+
+    charged = sum(n * cost(kind, level) for counts, kind in calls for level, n in counts.items())
+    fixed = costs.replicated + costs.per_layer * costs.layers
+    excess = measured - fixed - charged
+    if excess >= 0 or charged + fixed <= 0:
+        costs.overhead = excess / steps if steps and excess > 0 else 0.0
+        return
+    scale = measured / (charged + fixed)
+    costs.forward = [c * scale for c in costs.forward]
+    costs.adjoint = [c * scale for c in costs.adjoint]
+    costs.per_layer *= scale
+    costs.replicated *= scale
+    costs.overhead = 0.0
+    costs.scale = scale
+
+
+def calibrate_solve(cfg: Any, repeats: int = 3) -> Calibration:
+    """Measure step costs of ``cfg.problem`` per level on one rank, the serial solve and the MGRIT solve."""
+    from .. import problems
+
+    problem = problems.from_config(cfg.problem)
+    solver = MGRIT.from_config(problem, cfg.mgrit)
+    result = solver.solve()
+    hierarchy = solver.hierarchy
+    u0 = problem.initial_value()
+    per_level = []
+    for level in range(hierarchy.n_levels):
+        stride = hierarchy.stride(level)
+        count = max(problem.n_steps // stride, 1)
+
+        def sweep(level: int = level, stride: int = stride, count: int = count) -> None:
+            u = u0
+            for j in range(count):
+                u = problem.step(u, j * stride, (j + 1) * stride, level)
+
+        per_level.append(cpu_seconds(sweep, repeats) / count)
+    state_bytes = int(np.asarray(u0).nbytes)
+    mgrit_time = cpu_seconds(lambda: MGRIT.from_config(problem, cfg.mgrit).solve(), repeats)
+    serial_time = cpu_seconds(lambda: MGRIT.from_config(problem, cfg.mgrit, levels=1).solve(), repeats)
+    costs = StepCosts(forward=per_level, state_bytes=state_bytes)
+    _, calls = simulate_solve(problem.n_steps, cfg.mgrit, 1, costs, (0.0, 0.0), result.iterations)
+    _fit_to_whole(mgrit_time, costs, [(calls, "forward")])
+    return Calibration(costs, serial_time, mgrit_time, (result.iterations, 0), f"MGRIT solve of {cfg.problem.kind}")
+
+
+def training_batch(cfg: Any, seed: int = 0) -> tuple[Any, Any]:
+    """A random batch of ``train.batch_size`` inputs of the network's shape, with labels."""
+    import torch
+
+    from ..nn.spec import NetworkSpec
+
+    spec = NetworkSpec.from_config(cfg.network)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg.train.batch_size, *spec.input_shape(), generator=generator, dtype=spec.torch_dtype)
+    y = torch.randint(spec.n_classes, (cfg.train.batch_size,), generator=generator)
+    return x, y
+
+
+def training_step(model: Any, optimizer: Any, x: Any, y: Any, key: Any = 0) -> float:
+    """One step: zero the gradients, the training loop's gradient (:func:`~mgrit_resnet.training.models.loss_backward`), optimiser step.
+
+    Returns the loss.
+    """
+    from ..training.models import loss_backward
+
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = loss_backward(model, x, y, key=key)
+    optimizer.step()
+    return loss
+
+
+def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration:
+    """Measure, on one rank, the costs of a one-shot training step of ``cfg`` (``train.fwd_iters`` / ``bwd_iters``).
+
+    The serial reference takes the whole batch; with ``train.data_parallel = D``
+    the layer-parallel parts take one group's share (the largest, ``ceil(batch / D)``).
+    """
+    import torch
+
+    from ..nn import LayerParallel, ODEResNet
+    from ..nn.layers import classify, open_state
+    from ..nn.propagators import AdjointProblem, ForwardProblem
+    from ..training.optim import make_optimizer
+
+    t = cfg.train
+    x, y = training_batch(cfg, seed)
+    serial = ODEResNet.from_config(cfg.network, seed=seed)
+    serial_optimizer = make_optimizer(t, list(serial.parameters()))
+    serial_time = cpu_seconds(lambda: training_step(serial, serial_optimizer, x, y), repeats)
+    share = -(-len(y) // t.data_parallel)
+    x, y = x[:share], y[:share]
+
+    par = LayerParallel.from_config(cfg.network, cfg.mgrit, seed=seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=True)
+    optimizer = make_optimizer(t, list(par.parameters()))
+    for _ in range(2):  # the warm start in place
+        training_step(par, optimizer, x, y)
+    one_rank_time = cpu_seconds(lambda: training_step(par, optimizer, x, y), repeats)  # a group of one rank
+
+    spec, depth = par.spec, par.spec.depth
+    hierarchy = par.hierarchy
+    stride = hierarchy.stride(1) if hierarchy.n_levels > 1 else 1
+    weights = {n: (par.layers[str(n)].weight.detach(), par.layers[str(n)].bias.detach()) for n in range(depth)}
+    with torch.no_grad():
+        x0 = open_state(spec, par.opening, x)
+        problem = ForwardProblem(x0, weights, spec.h, depth, par.ops, spec.act)
+        lam = torch.randn_like(x0)
+        adjoint = AdjointProblem(lam, problem)
+
+        def sweep(step: Callable, state: Any, level: int, width: int) -> Callable[[], None]:
+            def run() -> None:
+                u = state
+                for j in range(depth // width):
+                    u = step(u, j * width, (j + 1) * width, level)
+
+            return run
+
+        count = {0: depth, 1: depth // stride}
+        forward = [cpu_seconds(sweep(problem.step, x0, 0, 1), repeats) / count[0]]
+        adjoint_costs = [cpu_seconds(sweep(adjoint.step, lam, 0, 1), repeats) / count[0]]
+        if hierarchy.n_levels > 1:
+            forward.append(cpu_seconds(sweep(problem.step, x0, 1, stride), repeats) / count[1])
+            adjoint_costs.append(cpu_seconds(sweep(adjoint.step, lam, 1, stride), repeats) / count[1])
+        grads = cpu_seconds(lambda: [adjoint.parameter_grads(n) for n in range(depth)], repeats) / depth
+
+    def replicated_work() -> None:
+        state = open_state(spec, par.opening, x)
+        loss = torch.nn.functional.cross_entropy(classify(spec, par.classifier, state), y)
+        loss.backward()
+
+    replicated = cpu_seconds(replicated_work, repeats)
+    update = cpu_seconds(optimizer.step, repeats) / depth
+    weight_bytes = sum(p.numel() * p.element_size() for p in par.layers["0"].parameters())
+    costs = StepCosts(
+        forward=forward,
+        adjoint=adjoint_costs,
+        per_layer=grads + update,
+        replicated=replicated,
+        state_bytes=x0.numel() * x0.element_size(),
+        weight_bytes=weight_bytes,
+        layers=depth,
+        replicated_bytes=sum(p.numel() * p.element_size() for m in (par.opening, par.classifier) for p in m.parameters()),
+    )
+    options = solver_options(cfg)
+    _, calls = simulate_training_step(depth, options, 1, costs, (0.0, 0.0), t.fwd_iters, t.bwd_iters)
+    _fit_to_whole(one_rank_time, costs, [(calls["forward"], "forward"), (calls["adjoint"], "adjoint")])
+    return Calibration(costs, serial_time, one_rank_time, (t.fwd_iters, t.bwd_iters), "one-shot training step")

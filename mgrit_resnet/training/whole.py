@@ -1,0 +1,184 @@
+"""Whole-network training (``serial``, ``exact``, ``one_shot``): one loss at the classifier, one optimiser.
+
+Every epoch visits the batches in a fresh order, one optimiser step each
+(``sgd``, ``adam``), or runs ``train.lbfgs_iters`` L-BFGS iterations on the
+whole training set (``lbfgs``, :mod:`.tao`). With ``train.data_parallel = D``
+every data group takes its share of each batch and the gradients are summed
+over the groups before the step, so a step is the whole batch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..comm.groups import RankGroups
+from .data import Dataset, load_dataset
+from .models import TrainModel
+from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
+from .strategy import EVAL_BATCH, Strategy, sum_over_data_groups
+from .tao import TaoLBFGS
+
+_SGD_PLACEHOLDER = SimpleNamespace(optimizer="sgd", lr=1.0, momentum=0.0, schedule="none")
+
+
+class WholeNetwork(Strategy):
+    """``serial``, ``exact`` or ``one_shot`` training of the whole network (:class:`~.models.TrainModel`).
+
+    Parameters
+    ----------
+    cfg
+        A validated config.
+    prepared
+        ``(groups, dataset, model)``, as :meth:`build` returns them.
+    """
+
+    blockwise: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, cfg: Any, comm: Any, seed: int) -> tuple[RankGroups, Dataset, TrainModel]:
+        groups = RankGroups(comm, cfg.train.data_parallel, cfg.train.batch_size)
+        dataset = load_dataset(cfg.data, cfg.network)
+        return groups, dataset, TrainModel(cfg, groups.layer_comm, seed)
+
+    def __init__(self, cfg: Any, prepared: tuple[RankGroups, Dataset, TrainModel]) -> None:
+        self.cfg, t = cfg, cfg.train
+        self.groups, self.dataset, self.model = prepared
+        dtype = self.model.module.spec.torch_dtype
+        self.train_x, self.val_x = self.dataset.train_x.to(dtype), self.dataset.val_x.to(dtype)
+        self.names = [name for name, _ in self.model.named_parameters()]
+        self.params = [p for _, p in self.model.named_parameters()]
+        self.tao = TaoLBFGS(self.model.named_parameters(), self.groups.layer_comm) if t.optimizer == "lbfgs" else None
+        # lbfgs: an optimiser that holds no state keeps the checkpoint format
+        self.optimizer = make_optimizer(t if self.tao is None else _SGD_PLACEHOLDER, self.params)
+        self.schedule = make_schedule(t, self.optimizer)
+        # Batches keep their samples across epochs (only their order changes), so a
+        # one-shot warm start always meets the batch it was made for.
+        self.batches = self.dataset.batches(0, t.batch_size, t.seed)
+        self.plan = list(range(t.epochs))
+        self._sums = (0.0, 0, 0)  # loss x rows, correct, rows of the epoch under way
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent: the network's MGRIT and weight messages, gradient sums and the loop's own collectives."""
+        return self.groups.world.bytes_sent + self.groups.data.bytes_sent + self.model.bytes_sent
+
+    @property
+    def owned_layers(self) -> range:
+        return self.model.owned_layers
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_full_state_dict(saved["model"])
+        load_portable_optimizer_state(self.optimizer, self.names, saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.model.load_warm_state_dict(saved.get("warm_start"))
+
+    def train_epoch(self, row: int) -> Iterator[dict[str, Any]]:
+        t, y = self.cfg.train, self.dataset.train_y
+        if self.tao is not None:
+            self._sums = _lbfgs_epoch(self.tao, t.lbfgs_iters, self.groups, self.model, self.params, self.train_x, y, self.batches)
+            return
+        order = np.random.default_rng([t.seed, self.plan[row], 1]).permutation(len(self.batches))
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b in order:
+            index = self.batches[b]
+            self.optimizer.zero_grad(set_to_none=False)
+            loss, right = batch_gradient(self.groups, self.model, self.params, self.train_x, y, index, key=int(b))
+            self.optimizer.step()
+            loss_sum += loss * len(index)
+            correct += right
+            seen += len(index)
+            yield {"loss": loss, **self.model.solver_stats()}
+        self._sums = (loss_sum, correct, seen)
+        self.schedule.step()
+
+    def end_epoch(self, row: int) -> dict[str, Any]:
+        loss_sum, correct, seen = self._sums
+        return {
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_accuracy": accuracy(self.model, self.val_x, self.dataset.val_y),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def solver_stats(self) -> dict[str, Any]:
+        return self.model.solver_stats()
+
+    def state(self) -> dict[str, Any] | None:
+        model = self.model.full_state_dict()
+        warm = self.model.warm_state_dict()  # one-shot warm starts can be GiBs: gathered only when saved
+        parts = self.groups.world.allgather(portable_optimizer_state(self.optimizer, self.names))
+        if self.groups.rank != 0:
+            return None
+        optimizer = {"state": {}, "param_groups": parts[0]["param_groups"]}
+        for part in parts:  # replicated parameters have the same state everywhere; take any
+            optimizer["state"].update(part["state"])
+        return {"model": model, "optimizer": optimizer, "schedule": self.schedule.state_dict(), "warm_start": warm}
+
+    def final(self) -> tuple[float | None, float | None, dict[str, Any]]:
+        train = accuracy(self.model, self.train_x, self.dataset.train_y)
+        return train, accuracy(self.model, self.val_x, self.dataset.val_y), {}
+
+
+def batch_gradient(
+    groups: RankGroups,
+    model: TrainModel,
+    params: list[torch.nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+    key: Any,
+    total: int | None = None,
+) -> tuple[float, int]:
+    """Loss and gradient of the batch ``index`` (accumulated into ``.grad``), each data group taking its share.
+
+    The loss is the mean over the batch, or the batch's part of the mean over
+    ``total`` samples. Returns it and the number of correct predictions, the same on every rank.
+    """
+    share = groups.share(index.numpy())
+    loss, right = model.loss_backward(x[share], y[share], len(share) / (total or len(index)), key=key)
+    return sum_over_data_groups(groups, params, loss, right)
+
+
+def _lbfgs_epoch(
+    tao: TaoLBFGS,
+    iterations: int,
+    groups: RankGroups,
+    model: TrainModel,
+    params: list[torch.nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: list[torch.Tensor],
+) -> tuple[float, int, int]:
+    """Up to ``iterations`` L-BFGS iterations on the mean loss over the whole training set; (loss x rows, correct, rows)."""
+    last = {}
+
+    def objective() -> float:
+        loss, right = 0.0, 0
+        for b, index in enumerate(batches):
+            batch_loss, batch_right = batch_gradient(groups, model, params, x, y, index, key=b, total=len(y))
+            loss, right = loss + batch_loss, right + batch_right
+        last.update(loss=loss, right=right)
+        return loss
+
+    tao.run(objective, iterations)
+    return last["loss"] * len(y), last["right"], len(y)
+
+
+def accuracy(model: TrainModel, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Collective: the share of ``(x, y)`` the exact network classifies right (``None`` for no rows)."""
+    if len(y) == 0:
+        return None
+    correct = 0
+    for start in range(0, len(y), EVAL_BATCH):
+        logits = model.predict(x[start : start + EVAL_BATCH])
+        correct += int((logits.argmax(1).cpu() == y[start : start + EVAL_BATCH]).sum())
+    return correct / len(y)
