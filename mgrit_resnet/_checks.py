@@ -7,6 +7,8 @@ that every rank, given the same input, raises the same message.
 
 from __future__ import annotations
 
+import cmath
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -22,13 +24,35 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     return value
 
 
-def check_float(name: str, value: Any, minimum: float | None = None) -> float:
-    """Return ``value`` as a ``float`` after checking its type and lower bound."""
+def check_float(name: str, value: Any, minimum: float | None = None, allow_inf: bool = False) -> float:
+    """Return ``value`` as a ``float`` after checking its type, that it is finite, and its lower bound.
+
+    NaN is always refused, infinity unless ``allow_inf`` (for the few
+    parameters where it has a meaning, such as ``train.tau = inf``): no other
+    real-number parameter (a step size, a tolerance, a learning rate, a weight)
+    means anything for them, and they would run on silently into non-finite results.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number{_range_text(minimum, None)}; got {value!r}")
     value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        kind = "real number or inf (not NaN)" if allow_inf else "finite real number"
+        raise ValueError(f"{name} must be a {kind}{_range_text(minimum, None)}; got {value!r}")
     if minimum is not None and not value >= minimum:
         raise ValueError(f"{name} must be a real number{_range_text(minimum, None)}; got {value!r}")
+    return value
+
+
+def check_finite(name: str, value: Any) -> complex | float:
+    """Return the real or complex number ``value`` if its real and imaginary parts are finite.
+
+    Raises
+    ------
+    ValueError
+        For NaN or infinity in either part; the message names ``name``.
+    """
+    if not cmath.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (real, or complex with finite parts); got {value!r}")
     return value
 
 

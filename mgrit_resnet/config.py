@@ -24,11 +24,11 @@ SCHEMES = ("forward_euler", "backward_euler", "trapezoid")
 CYCLES = ("V", "F")
 TOL_KINDS = ("absolute", "relative")
 INITIAL_GUESSES = ("zero", "initial_value", "sequential_coarse")
-NETWORK_KINDS = ("dense", "conv")
+NETWORK_KINDS = ("dense", "conv", "module")  # module: the user's own network (network.module)
 ACTIVATION_NAMES = ("tanh", "relu", "smooth_relu")
 DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
-DATASETS = ("peaks", "digits", "mnist5k", "synthetic")
+DATASETS = ("peaks", "digits", "mnist5k", "synthetic", "npz")
 WHOLE_NETWORK_STRATEGIES = ("serial", "exact", "one_shot")
 LOCAL_STRATEGIES = ("local", "trgl")
 STRATEGIES = WHOLE_NETWORK_STRATEGIES + LOCAL_STRATEGIES
@@ -37,6 +37,8 @@ TORCH_OPTIMIZERS = ("sgd", "adam")  # lbfgs is PETSc TAO's
 LR_SCHEDULES = ("none", "step", "cosine")
 LOCAL_SCHEDULES = ("parallel", "sequential", "multilap")
 _RELAX_PATTERN = re.compile(r"F(CF)*")
+_MODULE_PATTERN = re.compile(r".+:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_relax(relax: str, name: str = "relax") -> int:
@@ -60,14 +62,15 @@ def _integer(minimum: int) -> Callable[[str, Any], int]:
     return _described(lambda name, value: check_int(name, value, minimum=minimum), "integer", f">= {minimum}")
 
 
-def _real(minimum: float | None = None, positive: bool = False) -> Callable[[str, Any], float]:
+def _real(minimum: float | None = None, positive: bool = False, allow_inf: bool = False) -> Callable[[str, Any], float]:
     def check(name: str, value: Any) -> float:
-        value = check_float(name, value, minimum=minimum)
+        value = check_float(name, value, minimum=minimum, allow_inf=allow_inf)
         if positive and value <= 0:
             raise ValueError(f"{name} must be a real number > 0; got {value!r}")
         return value
 
-    return _described(check, "real", "> 0" if positive else f">= {minimum}" if minimum is not None else "any")
+    bound = "> 0" if positive else f">= {minimum}" if minimum is not None else "any"
+    return _described(check, "real", bound + (", or inf" if allow_inf else ""))
 
 
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
@@ -109,7 +112,33 @@ def _complex(name: str, value: Any) -> complex | float:
     raise ValueError(f"{name} must be a real number, or a complex number written as a string such as '-1+2j'; got {value!r}")
 
 
+def _module(name: str, value: Any) -> Any:
+    if callable(value):
+        return value
+    if not isinstance(value, str) or (value and not _MODULE_PATTERN.fullmatch(value)):
+        raise ValueError(
+            f'{name} must be "path/to/file.py:NAME" or "package.module:NAME" (NAME: the function build(options)), '
+            f"or a callable given from Python; got {value!r}"
+        )
+    return value
+
+
+def _table(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise TypeError(f"{name} must be a table with string keys ([{name}] in TOML, or --set {name}.KEY=VALUE); got {value!r}")
+    return dict(value)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string; got {value!r}")
+    return value
+
+
 _described(_boolean, "boolean", "true, false")
+_described(_module, "string (or a callable from Python)", '"", "path/to/file.py:NAME", "package.module:NAME"')
+_described(_table, "table", "any keys and values: passed to the builder unchecked")
+_described(_text, "string", "a file path")
 _described(_relax, "string", '"F", "FCF", "FCFCF", ...: F followed by any number of CF pairs')
 _described(_complex, "real, or complex as a string", 'any; complex written as a string such as "-1+2j"')
 
@@ -140,6 +169,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
     },
     "network": {
         "kind": ("dense", _choice(*NETWORK_KINDS)),
+        "module": ("", _module),
+        "options": ({}, _table),
         "in_features": (2, _integer(1)),
         "in_channels": (1, _integer(1)),
         "image_size": (8, _integer(1)),
@@ -153,6 +184,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
     },
     "data": {
         "name": ("peaks", _choice(*DATASETS)),
+        "path": ("", _text),
         "n_train": (5000, _integer(1)),
         "n_val": (1000, _integer(0)),
         "seed": (0, _integer(0)),
@@ -177,7 +209,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "local_schedule": ("parallel", _choice(*LOCAL_SCHEDULES)),
         "laps": (2, _integer(1)),
         "head_hidden": (0, _integer(0)),
-        "tau": (0.1, _one_or_list(_real(positive=True), per="block")),
+        "tau": (0.1, _one_or_list(_real(positive=True, allow_inf=True), per="block")),
     },
 }
 
@@ -212,7 +244,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "the first iteration skips its initial fine F-relaxation",
     },
     "network": {
-        "kind": "dense or convolutional residual layers",
+        "kind": "dense or convolutional residual layers, or ``module``: your own residual branch, opening and "
+        "closing (:ref:`config-module`)",
+        "module": '``module`` only (and required there): where the builder is, ``"path/to/file.py:build"`` (relative '
+        'to the current directory) or ``"package.module:build"``; ``build(options)`` returns '
+        "``(make_block, opening, closing)``. From Python it may be the function itself",
+        "options": "``module`` only: a table (``[network.options]``) passed to ``build(options)`` as a dict, unchecked; "
+        "``--set network.options.KEY=VALUE`` sets one of its keys",
         "in_features": "dense: input size",
         "in_channels": "conv: input channels",
         "image_size": "conv: input image side length",
@@ -225,7 +263,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "device": "where each rank computes (``cuda``: GPU ``local rank mod device count``)",
     },
     "data": {
-        "name": "the data set; each fixes the input shape and number of classes it needs (an error names them)",
+        "name": "the data set; each fixes the input shape and number of classes it needs (an error names them); "
+        "``npz``: your own arrays in ``data.path``",
+        "path": "``npz`` only (and required there): a file written by ``numpy.savez`` with the arrays ``x_train``, "
+        "``y_train`` and optionally ``x_val``, ``y_val``; relative to the current directory",
         "n_train": "number of training samples",
         "n_val": "number of validation samples",
         "seed": "random seed of the data (and of ``verify``'s random batch)",
@@ -301,18 +342,48 @@ class Config:
 
 
 def toml_value(value: Any) -> str:
-    """``value`` written as TOML (a complex number as a string, as ``--set problem.z=-1+2j`` reads it)."""
+    """``value`` written as TOML.
+
+    A complex number is written as a string (as ``--set problem.z=-1+2j`` reads
+    it), a dict as an inline table, and a callable (a ``network.module`` given
+    from Python) as its ``"module:qualname"`` text.
+    """
     if callable(getattr(value, "item", None)):  # a NumPy or torch scalar: its Python value
         value = value.item()
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if callable(value):
+        return json.dumps(callable_name(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, complex):
         return json.dumps(str(value).strip("()"))
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+def toml_key(key: str) -> str:
+    """A TOML key: bare when it can be, else quoted."""
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+
+
+def is_toml(value: Any) -> bool:
+    """Whether :func:`toml_value` writes ``value`` as TOML that reads back as it (no ``None``, objects, or callables)."""
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and is_toml(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(is_toml(v) for v in value)
+    return isinstance(value, (bool, int, float, str))
+
+
+def callable_name(value: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of a function (or other callable) given from Python."""
+    module = getattr(value, "__module__", None) or type(value).__module__
+    qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
+    return f"{module}:{qualname}"
 
 
 def parse_value(text: str) -> Any:
@@ -342,7 +413,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     path
         A TOML file with any of the tables ``problem``, ``mgrit``, ``network``, ``data``, ``train``.
     overrides
-        Dotted keys to values, applied after the file (``{"mgrit.levels": 3}``).
+        Dotted keys to values, applied after the file (``{"mgrit.levels": 3}``);
+        a key of a table takes deeper keys (``{"network.options.width": 8}``, see :func:`set_dotted`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -353,17 +425,89 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"override keys are dotted, SECTION.KEY with SECTION one of {', '.join(SCHEMA)}; got {dotted!r}")
-        table = raw.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        table[key] = value
+        set_dotted(raw, dotted, value)
     unknown = [name for name in raw if name not in SCHEMA]
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}; allowed sections: {', '.join(SCHEMA)}")
-    return Config(**{name: Section(name, validate_section(name, raw.get(name, {}))) for name in SCHEMA})
+    values = {name: validate_section(name, raw.get(name, {})) for name in SCHEMA}
+    check_pairs(values)
+    return Config(**{name: Section(name, table) for name, table in values.items()})
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``SECTION.KEY`` of the raw tables ``raw`` to ``value`` in place.
+
+    A key whose value is a table (``network.options``) takes deeper dotted
+    keys: ``network.options.width`` sets ``width`` in it. Tables on the way are
+    copied, never changed, so that ``raw`` may share them with a :class:`Config`.
+    """
+    section, _, key = dotted.partition(".")
+    if not key:
+        raise ConfigError(f"override keys are dotted, SECTION.KEY with SECTION one of {', '.join(SCHEMA)}; got {dotted!r}")
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    head, _, rest = key.partition(".")
+    if not rest or not isinstance(SCHEMA.get(section, {}).get(head, (None,))[0], dict):
+        table[key] = value  # an unknown dotted key stays unknown: validate_section names it
+        return
+    path = [head, *rest.split(".")]
+    for depth, name in enumerate(path[:-1]):
+        inner = table.get(name, {})
+        if not isinstance(inner, Mapping):
+            raise ConfigError(f"{section}.{'.'.join(path[: depth + 1])} is not a table, so {dotted} cannot be set")
+        table[name] = table = dict(inner)
+    table[path[-1]] = value
+
+
+def get_dotted(config: Config, dotted: str) -> Any:
+    """The value of the dotted key ``SECTION.KEY`` of ``config``, or deeper into a table (``network.options.width``).
+
+    Raises
+    ------
+    ConfigError
+        No such key.
+    """
+    section, _, key = dotted.partition(".")
+    if section not in SCHEMA or not key:
+        raise ConfigError(f"no config key {dotted!r}: keys are dotted, SECTION.KEY with SECTION one of {', '.join(SCHEMA)}")
+    value: Any = getattr(config, section).as_dict()
+    for depth, name in enumerate(key.split(".")):
+        if not isinstance(value, Mapping) or name not in value:
+            raise ConfigError(f"no config key {dotted!r} ({section}.{'.'.join(key.split('.')[: depth + 1])} is not set)")
+        value = value[name]
+    return value
+
+
+def check_pairs(values: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise :class:`ConfigError` for keys that need or exclude each other: ``network.module`` and ``options`` go
+    with ``network.kind = "module"`` (which needs ``module``), ``data.path`` with ``data.name = "npz"`` (which needs it).
+
+    Parameters
+    ----------
+    values
+        The validated tables (those of :data:`SCHEMA` it has; a missing one is not checked).
+    """
+    for section, key, owner, wanted, example in (
+        ("network", "module", "kind", "module", '"path/to/file.py:build"'),
+        ("data", "path", "name", "npz", '"data.npz"'),
+    ):
+        table = values.get(section)
+        if table is None:
+            continue
+        if table[owner] == wanted and table[key] == "":
+            raise ConfigError(f"{section}.{owner} = {wanted!r} needs {section}.{key} (such as {section}.{key} = {example})")
+        if table[owner] != wanted and table[key] != "":
+            raise ConfigError(
+                f"{section}.{key} is set ({table[key]!r}) but {section}.{owner} = {table[owner]!r}: {section}.{key} is for "
+                f"{section}.{owner} = {wanted!r} only; remove it, or set {section}.{owner} = {wanted!r}"
+            )
+    network = values.get("network")
+    if network is not None and network["kind"] != "module" and network["options"]:
+        raise ConfigError(
+            f"network.options is set but network.kind = {network['kind']!r}: [network.options] is for "
+            "network.kind = 'module' only (passed to its build(options))"
+        )
 
 
 def validate_section(name: str, table: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _arrays
 from ._checks import check_choice, check_float, check_int, per_level
-from .comm import Backend, Channel, backend_for
+from .comm import Backend, Channel, MPIBackend, backend_for, install_abort_on_error
 from .config import CYCLES, INITIAL_GUESSES, SCHEMA, TOL_KINDS, parse_relax
 from .hierarchy import Hierarchy
 from .problems.base import Problem
@@ -99,7 +99,11 @@ class MGRIT:
         the first iteration is a coarsest-level sequential solve interpolated up.
     comm
         An mpi4py communicator, a backend from :mod:`mgrit_resnet.comm`, or
-        ``None`` for one rank.
+        ``None`` for one rank. With an mpi4py communicator of several ranks
+        the solver installs :func:`~mgrit_resnet.comm.install_abort_on_error`
+        (once per process; an excepthook the script installed before is
+        kept and called before the abort), so that an uncaught exception on one rank ends every rank
+        instead of leaving the others waiting forever.
     partition
         Optional fine-point block boundaries, one more than the number of
         ranks (see :class:`~mgrit_resnet.hierarchy.Hierarchy`); balanced by default.
@@ -149,6 +153,8 @@ class MGRIT:
         self.n_steps = check_int("n_steps", n_steps, minimum=1)
         self._problem = problem
         self.backend: Backend = backend_for(comm)
+        if isinstance(self.backend, MPIBackend):
+            install_abort_on_error(self.backend.comm)
         self.hierarchy = Hierarchy.build(self.n_steps + 1, levels, coarsening, min_coarse, self.backend.size, partition)
         self.relax = [parse_relax(r) for r in per_level("relax", relax, max(check_int("levels", levels, minimum=1) - 1, 1))]
         self.c_weight = check_float("c_weight", c_weight, minimum=0.0)
@@ -566,3 +572,29 @@ def options_from_config(mgrit: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown [mgrit] key {unknown[0]!r}; allowed keys: {', '.join(SCHEMA['mgrit'])}")
     return values
+
+
+def check_coarse_grid(mgrit: Any, n_steps: int, steps_key: str) -> None:
+    """Raise ``ValueError`` when ``[mgrit]`` asks for more than one level but its coarsening leaves no coarse grid.
+
+    The one rule of ``solve`` and ``train``: a hierarchy that stops at the
+    fine level would silently run a sequential solve where a multilevel one was
+    asked for.
+
+    Parameters
+    ----------
+    mgrit
+        The ``[mgrit]`` section (or a mapping of some of its keys; missing keys take the defaults).
+    n_steps
+        The number of fine steps (time steps, or layers).
+    steps_key
+        The config key that gave ``n_steps`` (``"problem.n_steps"``, ``"network.depth"``), for the message.
+    """
+    options = {key: default for key, (default, _) in SCHEMA["mgrit"].items()}
+    options.update(options_from_config(mgrit))
+    levels, coarsening, min_coarse = options["levels"], options["coarsening"], options["min_coarse"]
+    if levels > 1 and Hierarchy.build(n_steps + 1, levels, coarsening, min_coarse).n_levels == 1:
+        raise ValueError(
+            f"mgrit.coarsening={coarsening!r} leaves no coarse grid for {steps_key}={n_steps} "
+            f"(a coarse level needs at least mgrit.min_coarse={min_coarse} points): use a smaller coarsening or levels = 1"
+        )

@@ -141,3 +141,10 @@ def test_collectives_counts_a_one_shot_step_without_pickles(capsys):
     assert all(r["object"] == 0 and r["total"] == r["buffer"] > 0 for r in rows)
     assert rows[0]["messages"] == 0 < rows[1]["messages"]
     assert "collectives" in capsys.readouterr().out
+
+
+def test_user_blocks_compares_the_general_path_with_the_fast_one(capsys, tmp_path):
+    out = tmp_path / "user_blocks.json"
+    figures = load(ROOT / "benchmarks" / "user_blocks.py").main(["--quick", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
+    assert "ratio" in capsys.readouterr().out

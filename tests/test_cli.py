@@ -198,3 +198,106 @@ def test_verify_bad_input_exits_2_without_hanging(n, override, message):
     assert proc.returncode == 2
     assert proc.stderr.count(message) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- your own network on your own data -------------------------------------------------------------------------------
+
+USER_NETWORK = """
+[network]
+kind = "module"
+module = "examples/user_block.py:build"
+depth = 8
+n_classes = 3
+dtype = "float64"
+
+[network.options]
+width = 4
+classes = 3
+
+[mgrit]
+levels = 2
+coarsening = 2
+initial_guess = "initial_value"
+
+[data]
+name = "npz"
+path = "{path}"
+n_train = 90
+n_val = 30
+
+[train]
+strategy = "one_shot"
+lr = 0.02
+batch_size = 30
+epochs = 3
+"""
+
+
+def user_config(tmp_path, **arrays):
+    """A user network (examples/user_block.py) on a small npz image set in ``tmp_path``; the config's path."""
+    if not arrays:
+        rng = np.random.default_rng(0)
+        arrays = {"x_train": rng.standard_normal((120, 1, 6, 6)), "y_train": rng.integers(0, 3, 120)}
+    np.savez(tmp_path / "data.npz", **arrays)
+    config = tmp_path / "user.toml"
+    config.write_text(USER_NETWORK.format(path=tmp_path / "data.npz"))
+    return str(config)
+
+
+def rows_without_times(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("epoch_time", "wall_time", "bytes_sent")} for row in rows]
+
+
+def test_verify_takes_a_user_networks_batch_from_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the builder path is relative to the current directory
+    out = tmp_path / "v.json"
+    assert main(["verify", user_config(tmp_path), "--batch", "5", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["max_rel_diff_grad"] <= 1e-6
+    assert "network module examples/user_block.py:build, depth 8" in capsys.readouterr().out
+    assert main(["verify", user_config(tmp_path), "--batch", "500"]) == 2
+    assert "--batch 500 exceeds the 90 training samples" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_a_user_network_on_npz_data_trains_and_resumes_at_another_rank_count(tmp_path):
+    config = user_config(tmp_path)
+    train = ["python", "-m", "mgrit_resnet", "train", config, "--out"]
+    mpirun(2, [*train, str(tmp_path / "straight")], timeout=300)
+    mpirun(2, [*train, str(tmp_path / "resumed"), "--set", "train.epochs=2"], timeout=300)
+    proc = mpirun(3, [*train, str(tmp_path / "resumed"), "--resume"], timeout=300)
+    assert proc.stdout.count("one_shot on 3 rank(s)") == 1
+    straight, resumed = rows_without_times(tmp_path / "straight"), rows_without_times(tmp_path / "resumed")
+    assert len(resumed) == 3
+    assert resumed == straight
+    written = mr.load_config(tmp_path / "resumed" / "config.toml")
+    assert written.network.options == {"width": 4, "classes": 3} and written.network.module == "examples/user_block.py:build"
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["ranks"] == 3 and summary["epochs"] == 3
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    "verb, override, arrays, message",
+    [
+        ("train", "network.module=examples/missing.py:build", None, "network.module = 'examples/missing.py:build': no file"),
+        ("verify", "network.module=examples/user_block.py:nope", None, "examples/user_block.py has no attribute 'nope'"),
+        ("train", "train.strategy=local", None, "train.strategy = 'local' does not train network.kind = 'module' yet"),
+        ("train", "data.n_val=0", {"x_train": np.zeros((120, 1, 6, 6))}, "no array 'y_train'"),
+        ("compare", "data.n_val=10", {"x_train": np.zeros((120, 1, 6, 6)), "y_train": np.zeros(119, dtype=int)}, "but y_train has 119"),
+        (
+            "train",
+            "data.n_val=10",
+            {"x_train": np.zeros((120, 5)), "y_train": np.zeros(120, dtype=int)},
+            "cannot take the training samples of shape (5,)",
+        ),
+    ],
+)
+def test_bad_user_input_exits_2_on_every_rank_with_one_message(tmp_path, verb, override, arrays, message):
+    config = user_config(tmp_path, **(arrays or {}))
+    extra = ["--out", str(tmp_path / "out")] if verb in ("train", "compare") else []
+    proc = mpirun(2, ["python", "-m", "mgrit_resnet", verb, config, "--set", override, *extra], timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count(message) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr

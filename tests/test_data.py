@@ -248,13 +248,13 @@ def test_dataset_checks_matching_lengths():
 @pytest.mark.parametrize(
     ("data", "network", "message"),
     [
-        (dict(name="cifar"), {}, "data.name must be one of 'peaks', 'digits', 'mnist5k', 'synthetic'; got 'cifar'"),
+        (dict(name="cifar"), {}, "data.name must be one of 'peaks', 'digits', 'mnist5k', 'synthetic', 'npz'; got 'cifar'"),
         (dict(n_train=0), {}, "data.n_train must be an integer >= 1; got 0"),
         (dict(n_val=-1), {}, "data.n_val must be an integer >= 0; got -1"),
         (dict(seed=-2), {}, "data.seed must be an integer >= 0; got -2"),
-        (dict(n_tran=5), {}, "unknown config key 'data.n_tran'; allowed keys in [data]: name, n_train, n_val, seed"),
+        (dict(n_tran=5), {}, "unknown config key 'data.n_tran'; allowed keys in [data]: name, path, n_train, n_val, seed"),
         ({}, dict(widht=3), "unknown config key 'network.widht'; allowed keys in [network]:"),
-        ({}, dict(kind="rnn"), "network.kind must be one of 'dense', 'conv'; got 'rnn'"),
+        ({}, dict(kind="rnn"), "network.kind must be one of 'dense', 'conv', 'module'; got 'rnn'"),
         (dict(name="peaks"), dict(kind="conv"), "data.name = 'peaks' needs network.kind = 'dense'; got 'conv'"),
         (dict(name="peaks"), dict(in_features=3), "data.name = 'peaks' needs network.in_features = 2; got 3"),
         (dict(name="peaks"), dict(n_classes=4), "data.name = 'peaks' needs network.n_classes = 5; got 4"),

@@ -4,7 +4,9 @@ For each coarsening factor ``m`` and relaxation the table gives the coarse
 step :math:`z m \\delta t`, the fine and coarse amplification factors, the
 exact 2-norm of the error propagator and the two closed-form bounds of
 :mod:`mgrit_resnet.theory`, and the largest convergence factor that
-:class:`mgrit_resnet.MGRIT` measures on the same problem.
+:class:`mgrit_resnet.MGRIT` measures on the same problem. The bounds assume a
+stable coarse step; where :math:`|\\mu| > 1` the row says so in their place
+(``UNSTABLE``) instead of printing numbers that mean nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 import mgrit_resnet as mr
+
+#: What the bound columns hold for an unstable coarse step (|mu| > 1).
+UNSTABLE = r"none: unstable coarse step, :math:`|\mu| > 1`"
 
 
 def _numbers(text: str) -> list[str]:
@@ -47,12 +52,18 @@ def table_rst(z: float, scheme: str, t_final: float, n_steps: int, coarsening: l
                 f"{abs(lam):.4f}",
                 f"{abs(mu):.4f}",
                 _g(mr.theory.two_level_norm(lam, mu, m, n_coarse, r)),
-                _g(mr.theory.two_level_bound(lam, mu, m, n_coarse, r, "tight")),
-                _g(mr.theory.two_level_bound(lam, mu, m, n_coarse, r, "upper")),
+                *_bounds(lam, mu, m, n_coarse, r),
                 _g(measured_factor(problem, m, r, iterations)),
             ]
             lines += ["   * - " + row[0]] + [f"     - {c}" for c in row[1:]]
     return "\n".join(lines) + "\n"
+
+
+def _bounds(lam: complex, mu: complex, m: int, n_coarse: int, relax: str) -> list[str]:
+    """The tight and upper bound cells; :data:`UNSTABLE` in both where the coarse step amplifies (``|mu| > 1``)."""
+    if abs(mu) > 1:
+        return [UNSTABLE, UNSTABLE]
+    return [_g(mr.theory.two_level_bound(lam, mu, m, n_coarse, relax, kind)) for kind in ("tight", "upper")]
 
 
 def _g(x: float) -> str:

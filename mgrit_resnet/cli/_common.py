@@ -1,7 +1,9 @@
-"""What the verbs share: the parser, argument helpers, the output check, progress bars and the JSON writer.
+"""What the verbs share: the parser, argument helpers, the output check, progress and the JSON writer.
 
 Every check here raises (``ValueError`` or :class:`~mgrit_resnet.config.ConfigError`)
-instead of exiting, so that :func:`mgrit_resnet.cli.main` ends every rank the same way.
+instead of exiting, so that :func:`mgrit_resnet.cli.main` ends every rank the same way;
+a file that cannot be written raises :class:`OutputError`, which ``main`` turns into
+the same exit code and one message.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str = "TO
 
 def load(args: argparse.Namespace) -> Config:
     """The validated config of ``args.config`` with the ``--set`` overrides of ``args.set``."""
+    check_config_file(args.config)
     return load_config(args.config, parse_overrides(args.set))
+
+
+def check_config_file(path: str | Path) -> None:
+    """Raise :class:`ConfigError` naming ``path`` when it is a folder, unreadable, or not UTF-8 text.
+
+    A missing file and bad TOML are left to :func:`~mgrit_resnet.config.load_config`, which names them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a TOML file")
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (TOML files are UTF-8): {error.reason} at byte {error.start}"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
 
 
 def parse_int_list(option: str, text: str, minimum: int) -> list[int]:
@@ -86,64 +112,247 @@ def check_output(option: str, path: str | Path | None, folder: bool = False) -> 
     existing = home
     while not existing.exists():
         existing = existing.parent
-    if existing != home and not folder:  # only a folder option creates missing folders
+    # A file on the way (``--json FILE/x``) is the reason, not a missing folder.
+    if existing.is_dir() and existing != home and not folder:  # only a folder option creates missing folders
         raise ValueError(f"{option}: the folder {str(home)!r} does not exist")
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ValueError(f"{option}: cannot create {str(path)!r}: {str(existing)!r} is not a writable folder")
 
 
-def write_json(path: str | Path | None, document: Any, rank: int) -> Path | None:
-    """Write ``document`` as indented JSON to ``path`` on rank 0 (nothing elsewhere, nor without a path)."""
-    if path is None or rank != 0:
-        return None
+class OutputError(Exception):
+    """A file could not be written (a full disk, a folder removed under the run, ...); the message names it."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on success it replaces ``path`` in one step.
+
+    The temporary file is flushed to disk before the rename, so ``path`` holds
+    either its old content or the whole new one: never an empty or torn file.
+    On any error the temporary file is removed and ``path`` is left as it was;
+    an ``OSError`` becomes an :class:`OutputError` ``cannot write PATH: ...``.
+    """
     path = Path(path)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` (a figure, say) into an :class:`OutputError` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """A progress bar on rank 0 when stderr is a terminal; every method is harmless elsewhere.
+def write_json(path: str | Path | None, document: Any, rank: int) -> Path | None:
+    """Write ``document`` as indented JSON to ``path`` on rank 0 (nothing elsewhere, nor without a path).
 
-    Lines written with :meth:`write` appear on rank 0 above the bar (or plainly,
-    when there is no bar), so batch logs get the lines and no bar.
+    The file is written atomically (:func:`atomic_output`): a failed write
+    leaves no empty or torn file and raises :class:`OutputError`.
+    """
+    if path is None or rank != 0:
+        return None
+    return write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------- progress
+LOG_EVERY_ENV = "MGRIT_RESNET_LOG_EVERY"
+DEFAULT_LOG_EVERY = 30.0
+
+
+@dataclass
+class Settings:
+    """How much the verbs report; :func:`mgrit_resnet.cli.main` sets it from ``-q``, ``-v`` and ``--log-every`` on every call.
+
+    Attributes
+    ----------
+    verbosity
+        ``-1`` (``-q``): results only, no progress; ``0``: a bar on a terminal,
+        else a progress line at most every ``log_every`` seconds; ``1`` (``-v``):
+        also a line for every step.
+    log_every
+        Seconds between two progress lines when stderr is not a terminal
+        (``None``: from the environment variable ``MGRIT_RESNET_LOG_EVERY``, else 30).
     """
 
-    def __init__(self, bar: Any, rank: int) -> None:
-        self._bar = bar
+    verbosity: int = 0
+    log_every: float | None = None
+
+    def interval(self) -> float:
+        """The seconds between progress lines: ``log_every``, else the environment's, else the default."""
+        if self.log_every is not None:
+            return self.log_every
+        return parse_log_every(os.environ.get(LOG_EVERY_ENV), f"the environment variable {LOG_EVERY_ENV}")
+
+
+SETTINGS = Settings()
+
+
+def parse_log_every(text: str | None, source: str = "--log-every") -> float:
+    """Seconds between progress lines from ``text`` (``None`` or empty: the default); a clear error naming ``source``."""
+    if text is None or not str(text).strip():
+        return DEFAULT_LOG_EVERY
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{source} must be a number of seconds >= 0 between progress lines; got {text!r}")
+    return value
+
+
+def format_residual(value: float | None) -> str:
+    """A residual as ``1.2e-05``; ``-`` when there is none (a solve that converged at iteration 0, a serial run)."""
+    return format_number(value, ".1e")
+
+
+def format_number(value: Any, spec: str = ".4g") -> str:
+    """``value`` formatted with ``spec``, or ``-`` for ``None`` or NaN; text is returned as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    try:
+        if math.isnan(value):
+            return "-"
+    except TypeError:
+        return str(value)
+    return format(value, spec)
+
+
+def _duration(seconds: float) -> str:
+    """``75`` -> ``1:15``, ``4000`` -> ``1:06:40``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class Progress:
+    """Progress of one job on rank 0; every method is harmless elsewhere.
+
+    On a terminal it is a tqdm bar. Elsewhere (``mpiexec`` output, a Slurm
+    log) it is a line on stderr at most every :attr:`Settings.log_every`
+    seconds (``desc: 3.5/10 epoch (35 %), loss 0.41, res 1.2e-05/-, 0.8 epoch/s,
+    elapsed 0:04, ETA 0:08``) and, when such lines were written, a last one at
+    the end; with ``-v`` one line per step. With ``-q`` it shows nothing.
+    Lines written with :meth:`write` go to stdout (above the bar, if one is shown).
+    """
+
+    def __init__(self, rank: int, total: float, desc: str, unit: str, settings: Settings | None = None) -> None:
+        settings = SETTINGS if settings is None else settings
         self.rank = rank
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.n: float = 0
+        self.fields: dict[str, str] = {}
+        self._quiet = rank != 0 or settings.verbosity < 0
+        self._verbose = settings.verbosity > 0
+        self._bar: Any = None
+        self._every = settings.interval() if not self._quiet else math.inf
+        self._start = self._last = time.monotonic()
+        self._logged: tuple | None = None  # (count, fields) of the last progress line written
+        if not self._quiet and sys.stderr.isatty():
+            from tqdm import tqdm
 
-    def update(self, n: float = 1) -> None:
-        """Advance by ``n``."""
-        self._bar.update(n)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
 
-    def goto(self, n: float, total: float | None = None, **postfix: str) -> None:
-        """Move to ``n`` (of ``total``, when it changes), showing ``postfix`` beside the bar."""
+    @property
+    def shown(self) -> bool:
+        """Whether anything is shown (rank 0, not ``-q``)."""
+        return not self._quiet
+
+    def update(self, n: float = 1, **fields: Any) -> None:
+        """Advance by ``n``, showing ``fields`` (numbers, text or ``None``) beside the count."""
+        self.goto(self.n + n, None, **fields)
+
+    def goto(self, n: float, total: float | None = None, **fields: Any) -> None:
+        """Move to ``n`` (of ``total``, when it changes), showing ``fields`` (numbers, text or ``None``) beside it."""
         if total is not None:
-            self._bar.total = total
-        self._bar.n = n
-        if postfix:
-            self._bar.set_postfix(postfix, refresh=False)
-        self._bar.refresh()
+            self.total = total
+        self.n = n
+        if fields:
+            self.fields = {key: format_number(value) for key, value in fields.items()}
+        if self._quiet:
+            return
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.n = n
+            if self.fields:
+                self._bar.set_postfix(self.fields, refresh=False)
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        if self._verbose or now - self._last >= self._every:
+            self._log(now)
 
     def write(self, line: str) -> None:
-        """Print ``line`` on rank 0 (above the bar, if one is shown) and flush."""
-        if self.rank != 0:
+        """Print ``line`` on rank 0 (above the bar, if one is shown) and flush; nothing with ``-q``."""
+        if self._quiet:
             return
-        if self._bar.disable:
-            print(line)
-        else:
+        if self._bar is not None:
             self._bar.write(line)
+        else:
+            print(line)
+            self._last = time.monotonic()  # a line just written shows life: the next progress line can wait
         sys.stdout.flush()
+
+    def line(self, now: float | None = None) -> str:
+        """The progress line: count, share, fields, rate, elapsed time and ETA."""
+        now = time.monotonic() if now is None else now
+        elapsed = now - self._start
+        parts = [f"{self.desc}: {format_number(self.n, '.4g')}/{format_number(self.total, '.4g')} {self.unit}"]
+        if self.total:
+            parts[0] += f" ({100 * self.n / self.total:.0f} %)"
+        parts += [f"{key} {value}" for key, value in self.fields.items()]
+        if self.n > 0 and elapsed > 0:
+            parts.append(f"{self.n / elapsed:.3g} {self.unit}/s")
+        parts.append(f"elapsed {_duration(elapsed)}")
+        if self.n > 0 and self.total and self.n < self.total:
+            parts.append(f"ETA {_duration(elapsed / self.n * (self.total - self.n))}")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        """Close the bar, or write the last line when progress lines were written and the last one is not it."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._logged is not None and self._logged != (self.n, self.fields):
+            self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
+        print(self.line(now), file=sys.stderr, flush=True)
+        self._last = now
+        self._logged = (self.n, dict(self.fields))
 
 
 @contextlib.contextmanager
 def progress(rank: int, total: float, desc: str, unit: str) -> Iterator[Progress]:
-    """A :class:`Progress` over ``total`` ``unit`` (a bar on rank 0 when stderr is a terminal), closed on leaving."""
-    from tqdm import tqdm
+    """A :class:`Progress` over ``total`` ``unit`` on rank 0 (see there), closed on leaving.
 
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=rank != 0 or not sys.stderr.isatty(), leave=False)
+    The verbs' ``-q``, ``-v`` and ``--log-every`` (:data:`SETTINGS`) decide what it shows.
+    """
+    bar = Progress(rank, total, desc, unit)
     try:
-        yield Progress(bar, rank)
+        yield bar
     finally:
         bar.close()

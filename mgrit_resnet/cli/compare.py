@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import STRATEGIES, ConfigError, load_config, parse_overrides
-from ._common import add_config_arguments, check_output, world_size, write_json
+from ._common import (
+    add_config_arguments,
+    atomic_output,
+    check_config_file,
+    check_output,
+    reporting_write_errors,
+    world_size,
+    write_json,
+    write_text,
+)
 from .train import training_progress
 
 HELP = "train several strategies on the same network, data, seed and epoch budget; table and figure"
@@ -50,6 +59,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
 
     names = parse_strategies(args.strategies)
     overrides = parse_overrides(args.set)
+    check_config_file(args.config)
     configs = {name: load_config(args.config, {**overrides, "train.strategy": name}) for name in names}
     out = None if args.out is None else Path(args.out)
     check_output("--out", out, folder=True)
@@ -68,11 +78,14 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(out / "compare.json", results, rank)
-                (out / "compare.md").write_text(table + "\n")
-                compare.write_csv(results, out / "compare.csv")
+                write_text(out / "compare.md", table + "\n")
+                with atomic_output(out / "compare.csv") as csv_file:
+                    compare.write_csv(results, csv_file)
                 from ..studies.plot import plot_compare
 
-                print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and {plot_compare(results, out / 'compare.png')}")
+                with reporting_write_errors(out / "compare.png"):
+                    figure = plot_compare(results, out / "compare.png")
+                print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and {figure}")
         return 0
 
     return run

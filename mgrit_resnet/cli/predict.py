@@ -6,7 +6,17 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_config_arguments, check_output, load, parse_int_list, parse_ranks, progress, world_size, write_json
+from ._common import (
+    add_config_arguments,
+    check_output,
+    load,
+    parse_int_list,
+    parse_ranks,
+    progress,
+    reporting_write_errors,
+    world_size,
+    write_json,
+)
 
 __all__ = ["HELP", "DEFAULT_RANKS", "add_arguments", "prepare", "parse_int_list", "parse_ranks"]
 
@@ -74,7 +84,8 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         if args.out:
             from ..studies.plot import plot_scaling
 
-            print(f"wrote {plot_scaling(rows, args.out, f'{calibration.what} (predicted)')}")
+            with reporting_write_errors(args.out):
+                print(f"wrote {plot_scaling(rows, args.out, f'{calibration.what} (predicted)')}")
         return 0
 
     return run

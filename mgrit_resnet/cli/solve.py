@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .. import comm as comm_module
 from .. import problems, theory
-from ..config import Config
-from ..mgrit import MGRIT
-from ._common import add_config_arguments, check_output, load, progress, write_json
+from ..config import Config, ConfigError, parse_overrides
+from ..mgrit import MGRIT, check_coarse_grid
+from ._common import add_config_arguments, check_output, load, progress, reporting_write_errors, write_json
 
 HELP = "run MGRIT on the [problem] of CONFIG with the [mgrit] options"
 
@@ -33,6 +35,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     for option in ("json", "plot"):
         check_output(f"--{option}", getattr(args, option))
     cfg = load(args)
+    require_problem(args.config, args.set)
     clocked = None
     if args.virtual_clock is not None:
         from ..comm.clocked import ClockedBackend, VirtualClock
@@ -40,6 +43,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         clocked = ClockedBackend(comm_module.backend_for(comm), VirtualClock(*parse_network(args.virtual_clock)))
     problem = problems.from_config(cfg.problem)
     solver = MGRIT.from_config(problem, cfg.mgrit, comm if clocked is None else clocked)
+    check_coarse_grid(cfg.mgrit, problem.n_steps, "problem.n_steps")  # the rule train has: no silent one-level solve
 
     def run() -> int:
         with progress(rank, solver.max_iter, "MGRIT", "it") as bar:
@@ -59,10 +63,25 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
                 from ..studies.plot import plot_residuals
 
                 title = f"{cfg.problem.kind}: {problem.describe()}\n{mgrit_text(cfg, solver, result)}"
-                plot_residuals(result, args.plot, predicted, title)
+                with reporting_write_errors(args.plot):
+                    plot_residuals(result, args.plot, predicted, title)
         return 0
 
     return run
+
+
+def require_problem(config: str, overrides: list[str]) -> None:
+    """Refuse a config with no ``[problem]`` table and no ``--set problem.KEY=VALUE``: solve would run the default problem unasked.
+
+    The config has been loaded (so it exists and is valid TOML); this reads its tables as written.
+    """
+    if any(key.startswith("problem.") for key in parse_overrides(overrides)):
+        return
+    if "problem" not in tomllib.loads(Path(config).read_text(encoding="utf-8")):
+        raise ConfigError(
+            f'solve: the config {config!r} has no [problem] table: add one (kind = "dahlquist", "heat1d" or "heat2d", '
+            "and its keys), or give them with --set problem.KEY=VALUE"
+        )
 
 
 def parse_network(text: str) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, parse_overrides
-from ._common import add_config_arguments, check_output, progress
+from ._common import add_config_arguments, check_config_file, check_output, progress, write_json
 
 HELP = "run solve (or train) at every point of a grid of config keys; one CSV row per point"
 
@@ -40,6 +40,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     if out.exists() and not out.is_file():
         raise ConfigError(f"--out {args.out!r} exists and is not a file")
     overrides = parse_overrides(args.set)
+    check_config_file(args.config)
     grid = sweep.parse_grid(args.grid, overrides)
     points = sweep.grid_points(args.config, overrides, grid, verb)
     sweep.check_points(points, verb, comm)
@@ -48,6 +49,8 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     def run() -> int:
         if rank == 0:
             print(f"sweep: {len(points)} point(s), {len(points) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
+            sidecar = {"verb": verb, "config": args.config, "set": args.set, "grid": args.grid, "title": sweep_title(verb, points, grid)}
+            write_json(sidecar_path(out), sidecar, rank)
         with progress(rank, len(todo), f"sweep {verb}", "point") as bar:
 
             def on_point(i: int, point: Any, row: dict[str, Any]) -> None:
@@ -60,6 +63,25 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         return 0
 
     return run
+
+
+def sidecar_path(table: Path) -> Path:
+    """``FILE.csv`` -> ``FILE.sweep.json``: what the sweep ran (config, overrides, grid) and the title ``plot`` gives its figure."""
+    return table.with_suffix(".sweep.json")
+
+
+def sweep_title(verb: str, points: list[Any], grid: dict[str, Any]) -> str:
+    """One line on what the grid runs on: the problem of a solve sweep, the network and data of a train sweep."""
+    cfg = points[0].config
+    varied = ", ".join(key for key in grid if key.partition(".")[0] in (("problem",) if verb == "solve" else ("network", "data")))
+    if verb == "solve":
+        from .. import problems
+
+        text = f"solve {cfg.problem.kind}: {problems.from_config(cfg.problem).describe()}"
+    else:
+        n = cfg.network
+        text = f"train {cfg.data.name}: {n.kind} network, depth {n.depth}, width {n.width}, {cfg.train.strategy}"
+    return f"{text} ({varied} as in the grid)" if varied else text
 
 
 def _number(value: float | None, spec: str) -> str:

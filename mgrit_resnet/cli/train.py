@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._common import add_config_arguments, check_output, load, progress, world_size
+from ._common import add_config_arguments, check_output, format_residual, load, progress, world_size
 
 HELP = "train the [network] on the [data] with the [train] strategy"
 
@@ -61,7 +61,7 @@ def training_progress(rank: int, epochs: int, desc: str) -> Iterator[tuple[Calla
         def on_step(info: dict[str, Any]) -> None:
             postfix = {"loss": f"{info['loss']:.4f}"}
             if info.get("fwd_residual") is not None:
-                postfix["res"] = f"{info['fwd_residual']:.1e}/{info['adj_residual']:.1e}"
+                postfix["res"] = f"{format_residual(info['fwd_residual'])}/{format_residual(info.get('adj_residual'))}"
             # sequential local schedules have an epoch per block: the loop says how many there are
             bar.goto(info["epoch"] - 1 + info["step"] / info["steps"], info.get("epochs"), **postfix)
 

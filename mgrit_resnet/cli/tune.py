@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_config_arguments, check_output, load, parse_int_list, progress, write_json
+from ._common import add_config_arguments, check_output, load, parse_int_list, progress, reporting_write_errors, write_json
 
 HELP = "MGRIT hierarchies for a one-shot training step: predicted time at P ranks against measured gradient error"
 DEFAULT_LEVELS = "2,3,4"
@@ -88,7 +88,8 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         if args.out:
             from ..studies.plot import plot_tune
 
-            print(f"wrote {plot_tune(rows, args.out, chosen)}")
+            with reporting_write_errors(args.out):
+                print(f"wrote {plot_tune(rows, args.out, chosen, max_error=args.max_error)}")
         return 0
 
     return run

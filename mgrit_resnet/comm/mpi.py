@@ -105,18 +105,41 @@ def install_abort_on_error(comm: Any | None) -> None:
     """Make an uncaught exception on any rank end every rank.
 
     Without this, the ranks that did not fail wait forever for a message from
-    the one that did. The hook prints the traceback and calls ``MPI_Abort``.
+    the one that did. The hook writes one line ``rank r: ExcType: message``
+    and flushes it first (so that the reason survives the abort, whatever
+    happens to the rest of the output), then the traceback, then calls
+    ``MPI_Abort``.
+
+    Calling it again is harmless: the hook is installed once per process. A
+    hook installed before (by the user, say) is kept and called in place of the
+    traceback, before the abort: its output stays, and no rank hangs.
+    Nothing is installed for ``None`` or one rank.
     """
-    if comm is None or comm.Get_size() == 1:
+    global _ABORT_HOOK
+    if comm is None or comm.Get_size() == 1 or (_ABORT_HOOK is not None and sys.excepthook is _ABORT_HOOK):
         return
+    previous = None if sys.excepthook is sys.__excepthook__ else sys.excepthook
 
     def hook(kind, value, tb):  # pragma: no cover - runs at interpreter exit
-        traceback.print_exception(kind, value, tb)
-        sys.stderr.write(f"rank {comm.Get_rank()}: aborting all {comm.Get_size()} ranks\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        rank, size = comm.Get_rank(), comm.Get_size()
+        message = " ".join(str(value).split("\n"))
+        try:
+            sys.stderr.write(f"rank {rank}: {kind.__name__}: {message}\n" if message else f"rank {rank}: {kind.__name__}\n")
+            sys.stderr.flush()
+            if previous is not None:
+                previous(kind, value, tb)
+            else:
+                traceback.print_exception(kind, value, tb)
+            sys.stderr.write(f"rank {rank}: aborting all {size} ranks\n")
+            sys.stderr.flush()
+        finally:
+            comm.Abort(1)
 
+    _ABORT_HOOK = hook
     sys.excepthook = hook
+
+
+_ABORT_HOOK: Any = None
 
 
 def backend_for(comm: Any | None) -> Backend:

@@ -2,8 +2,10 @@
 
 :class:`LayerSolves` holds everything a forward and backward pass needs
 besides the parameters: the forward and adjoint MGRIT solvers (and their
-one-level twins, the exact layer-serial propagation), the layer operators
-and the backend. :class:`LayerFunction` is ``x_0 -> x_N`` by forward MGRIT;
+one-level twins, the exact layer-serial propagation), the layers' steps (the
+built-in layers' :class:`~mgrit_resnet.nn.propagators.BuiltinSteps` or user
+blocks' :class:`~mgrit_resnet.nn.module_steps.ModuleSteps`: both make the
+forward and adjoint problems) and the backend. :class:`LayerFunction` is ``x_0 -> x_N`` by forward MGRIT;
 its backward is the adjoint MGRIT solve, which also yields the owned layers'
 parameter gradients.
 """
@@ -18,12 +20,12 @@ from typing import Any
 import torch
 
 from .. import comm as comm_module
-from .._checks import check_int
-from ..mgrit import MGRIT
+from ..mgrit import MGRIT, check_coarse_grid
 from ..result import SolveResult
+from .module_steps import ModuleSteps
 from .ops import ConvOps, DenseOps
-from .partition import Weights, foreign_layers, layer_partition
-from .propagators import AdjointProblem, ForwardProblem
+from .partition import foreign_layers, layer_partition
+from .propagators import BuiltinSteps
 from .spec import NetworkSpec
 
 
@@ -43,8 +45,8 @@ class LayerSolves:
 
     Attributes
     ----------
-    spec
-        The network.
+    depth
+        The number of layers.
     backend
         This rank's backend; the adjoint solvers run on its reversed view.
     layer_bounds
@@ -53,8 +55,9 @@ class LayerSolves:
         The solvers of a call: iterated to ``tol``, or a fixed number of iterations (one-shot).
     serial_forward, serial_adjoint
         One-level twins: exact layer-serial propagation, pipelined over the ranks.
-    ops
-        The layer operators of ``forward`` and ``adjoint`` (one level: autograd's kernels, bitwise).
+    steps
+        The layers as MGRIT problems (built-in: with operators whose one-level
+        adjoint is autograd's kernels, bitwise; user blocks: autograd itself).
     foreign
         For every rank, the other ranks' layers its coarse forward steps use.
     track_grad_error
@@ -63,14 +66,14 @@ class LayerSolves:
         What the last call did.
     """
 
-    spec: NetworkSpec
+    depth: int
     backend: Any
     layer_bounds: list[int]
     forward: MGRIT
     adjoint: MGRIT
     serial_forward: MGRIT
     serial_adjoint: MGRIT
-    ops: DenseOps | ConvOps
+    steps: BuiltinSteps | ModuleSteps
     foreign: list[list[int]]
     track_grad_error: bool = False
     stats: CallStats = field(default_factory=CallStats)
@@ -78,14 +81,14 @@ class LayerSolves:
     @classmethod
     def build(
         cls,
-        spec: NetworkSpec,
+        spec: NetworkSpec | ModuleSteps,
         backend: Any,
         mgrit: Mapping[str, Any],
         fwd_iters: int | None = None,
         bwd_iters: int | None = None,
         track_grad_error: bool = False,
     ) -> LayerSolves:
-        """The solves of ``spec`` over the ranks of ``backend`` with the ``[mgrit]`` options ``mgrit``.
+        """The solves of ``spec`` (or of user blocks' steps) over the ranks of ``backend`` with the ``[mgrit]`` options ``mgrit``.
 
         ``fwd_iters`` / ``bwd_iters`` (one-shot) replace ``tol`` and ``max_iter`` with a fixed number of iterations.
         """
@@ -102,20 +105,22 @@ class LayerSolves:
         serial_forward = solver(backend, fwd, None, levels=1)
         serial_adjoint = solver(reversed_backend, adj, None, levels=1)
         hierarchy = forward.hierarchy
-        levels = check_int("levels", mgrit.get("levels", 2), minimum=1)
-        if levels > 1 and hierarchy.n_levels == 1:
-            raise ValueError(
-                f"mgrit.coarsening={mgrit.get('coarsening', 2)!r} leaves no coarse grid for network.depth={depth} "
-                f"(a coarse level needs at least mgrit.min_coarse={mgrit.get('min_coarse', 2)} points): "
-                "use a smaller coarsening or levels = 1"
-            )
+        check_coarse_grid(mgrit, depth, "network.depth")
         # One level is layer-serial and kept bitwise equal to autograd; multilevel solves agree to the
         # solver tolerance anyway and take the faster adjoint kernels.
-        ops = spec.ops if hierarchy.n_levels == 1 else spec.fast_ops()
+        if isinstance(spec, NetworkSpec):
+            steps = BuiltinSteps(spec, spec.ops if hierarchy.n_levels == 1 else spec.fast_ops())
+        else:
+            steps = spec
         return cls(
-            spec, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, ops,
+            depth, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, steps,
             foreign_layers(hierarchy, layer_bounds), track_grad_error,
         )  # fmt: skip
+
+    @property
+    def ops(self) -> DenseOps | ConvOps | None:
+        """The built-in layers' operators (``None`` for user blocks)."""
+        return self.steps.ops
 
     @property
     def owned_layers(self) -> range:
@@ -124,20 +129,23 @@ class LayerSolves:
         return range(self.layer_bounds[rank], self.layer_bounds[rank + 1])
 
     def forward_solve(
-        self, solver: MGRIT, x0: torch.Tensor, weights: Weights, ops: Any, warm: list | None = None
-    ) -> tuple[ForwardProblem, SolveResult]:
-        """Propagate ``x0`` through the layers with ``solver``; the problem (it keeps what the gradient needs) and the result."""
-        problem = ForwardProblem(x0, weights, self.spec.h, self.spec.depth, ops, self.spec.act)
+        self, solver: MGRIT, x0: torch.Tensor, weights: dict, warm: list | None = None, record: bool = True
+    ) -> tuple[Any, SolveResult]:
+        """Propagate ``x0`` through the layers with ``solver``: the problem and the result.
+
+        With ``record``, the problem keeps what the gradient needs.
+        """
+        problem = self.steps.forward_problem(x0, weights, record)
         return problem, solver.solve(initial_guess=warm, problem=problem)
 
     def adjoint_solve(
-        self, solver: MGRIT, forward: ForwardProblem, grad_final: torch.Tensor, warm: list | None = None
+        self, solver: MGRIT, forward: Any, grad_final: torch.Tensor, warm: list | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], SolveResult]:
         """Propagate ``grad_final`` back through ``forward``'s layers.
 
         Returns ``lambda_0`` (on every rank), the owned layers' parameter gradients and the result.
         """
-        adjoint = AdjointProblem(grad_final.detach().contiguous(), forward)
+        adjoint = self.steps.adjoint_problem(grad_final.detach().contiguous(), forward, solver.hierarchy.n_levels == 1)
         result = solver.solve(initial_guess=warm, problem=adjoint)
         lam0 = self.broadcast(result.states[-1] if self.backend.rank == 0 else None, grad_final, 0)
         grads = [g for n in self.owned_layers for g in adjoint.parameter_grads(n)]
@@ -160,9 +168,9 @@ class LayerSolves:
         backend.bcast_buffer(host, root)
         return host.to(template.device)
 
-    def grad_error(self, problem: ForwardProblem, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> float:
+    def grad_error(self, problem: Any, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> float:
         """Relative 2-norm error of an MGRIT vector-Jacobian product against the layer-serial one (collective)."""
-        exact_problem, _ = self.forward_solve(self.serial_forward, problem.x0, problem.weights, problem.ops)
+        exact_problem, _ = self.forward_solve(self.serial_forward, problem.x0, problem.weights)
         exact_lam0, exact_grads, _ = self.adjoint_solve(self.serial_adjoint, exact_problem, grad_final)
         diff = sum(float((g - e).double().pow(2).sum()) for g, e in zip(grads, exact_grads))
         norm = sum(float(e.double().pow(2).sum()) for e in exact_grads)
@@ -187,15 +195,17 @@ def _summary(result: SolveResult) -> dict[str, Any]:
 class LayerFunction(torch.autograd.Function):
     """``x_0 -> x_N`` by forward MGRIT; its backward is the adjoint MGRIT solve.
 
-    ``apply(x0, solves, weights, warm, *params)``: ``weights`` are the layers
-    the forward steps use (this rank's and the borrowed ones, detached),
-    ``warm`` the warm-start entry of the batch or ``None``, and ``params``
-    this rank's layer parameters, whose gradients the backward returns.
+    ``apply(x0, solves, weights, warm, record, *params)``: ``weights`` are the
+    layers the forward steps use (this rank's and the borrowed ones: detached
+    weights, or blocks), ``warm`` the warm-start entry of the batch or
+    ``None``, ``record`` whether a backward will follow (user blocks then keep
+    their graphs), and ``params`` this rank's layer parameters, whose
+    gradients the backward returns.
     """
 
     @staticmethod
-    def forward(ctx, x0, solves: LayerSolves, weights: Weights, warm: Any, *params):
-        problem, result = solves.forward_solve(solves.forward, x0.detach(), weights, solves.ops, None if warm is None else warm.forward)
+    def forward(ctx, x0, solves: LayerSolves, weights: dict, warm: Any, record: bool, *params):
+        problem, result = solves.forward_solve(solves.forward, x0.detach(), weights, None if warm is None else warm.forward, record)
         if warm is not None:
             warm.forward = solves.forward.restart_states(result)
         solves.stats.forward = _summary(result)
@@ -211,4 +221,4 @@ class LayerFunction(torch.autograd.Function):
         solves.stats.adjoint = _summary(result)
         if solves.track_grad_error:
             solves.stats.grad_error = solves.grad_error(problem, grad_final, lam0, grads)
-        return (lam0, None, None, None, *grads)
+        return (lam0, None, None, None, None, *grads)

@@ -8,6 +8,8 @@ operators in :mod:`~mgrit_resnet.nn.ops`.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,9 @@ from torch import nn
 from .activations import Activation
 from .spec import NetworkSpec
 
-_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD, _ROLE_HEAD_OUTPUT = 0, 1, 2, 3, 4
+_ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD, _ROLE_HEAD_OUTPUT, _ROLE_USER_BLOCK = 0, 1, 2, 3, 4, 5
+# torch's global generator is shared by all threads (ranks of a ThreadWorld): one block is built at a time.
+_RNG_LOCK = threading.RLock()
 
 
 def residual_step(ops: Any, act: Activation, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: float) -> torch.Tensor:
@@ -109,17 +113,45 @@ def _uniform_init(seed: int, role: int, index: int, weight_shape: tuple, bias_sh
     Every layer has its own stream, so a rank can build only its own layers and
     the network is the same at every rank count, in float32 and float64 alike.
     """
-    state = np.random.SeedSequence([seed, role, index]).generate_state(2, np.uint32)
-    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    generator = torch.Generator().manual_seed(stream_seed(seed, role, index))
     bound = 1.0 / math.sqrt(fan_in)
     weight = (torch.rand(weight_shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
     bias = (torch.rand(bias_shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
     return weight, bias
 
 
+def stream_seed(seed: int, role: int, index: int) -> int:
+    """The 64-bit seed of the random stream of ``(seed, role, index)``: one stream per layer and role."""
+    state = np.random.SeedSequence([seed, role, index]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def seeded_block(make_block: Callable[[int], Any], layer: int, seed: int, device: torch.device | None = None) -> Any:
+    """``make_block(layer)`` under torch's global generator seeded from ``(seed, layer)``, which is restored afterwards.
+
+    Whatever ``make_block`` draws (PyTorch's default initialisation included)
+    comes from the layer's own stream, so every rank builds the same block
+    for the same layer, at any rank count, and the serial twin builds it too.
+    """
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with _RNG_LOCK, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(stream_seed(seed, _ROLE_USER_BLOCK, layer))
+        return make_block(layer)
+
+
+def rng_lock() -> Any:
+    """The lock that :func:`seeded_block` holds; hold it to run a module under a forked global generator."""
+    return _RNG_LOCK
+
+
 def resolve_device(spec: NetworkSpec, local_rank: int = 0) -> torch.device:
     """CPU, or the GPU ``local_rank mod device_count`` for ``device = "cuda"``."""
-    if spec.device == "cpu":
+    return device_named(spec.device, local_rank)
+
+
+def device_named(name: str, local_rank: int = 0) -> torch.device:
+    """CPU for ``"cpu"``, or the GPU ``local_rank mod device_count`` for ``"cuda"``."""
+    if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError("network.device = 'cuda' but torch sees no CUDA device here; allowed values: cpu, cuda (where a GPU is present)")

@@ -20,10 +20,12 @@ from .._checks import check_int
 from ..hierarchy import Hierarchy
 from ..mgrit import options_from_config
 from .bridge import CallStats, LayerFunction, LayerSolves
-from .layers import ResidualLayer, classify, make_classifier, make_opening, open_state, resolve_device
+from .layers import ResidualLayer, classify, make_classifier, make_opening, open_state, resolve_device, seeded_block
+from .module_steps import ModuleSteps
 from .ops import ConvOps, DenseOps
-from .partition import Weights, fetch_foreign_weights, owner_of_layer
-from .spec import INPUT_PROBLEMS, NON_FINITE_CODE, NON_FINITE_INPUT, NetworkSpec
+from .partition import owner_of_layer
+from .spec import INPUT_PROBLEMS, NON_FINITE_CODE, NON_FINITE_INPUT, NetworkSpec, input_problem
+from .user import UserParts, check_arguments, default_device, network_value, set_modes, user_network_parts
 
 
 @dataclass
@@ -36,8 +38,8 @@ class _WarmStart:
 class LayerParallel(nn.Module):
     """A residual network whose layers are split over ranks and propagated with MGRIT.
 
-    Every rank holds the opening layer and the classifier, and only its own
-    residual layers (:attr:`owned_layers`). The forward pass solves the layer
+    Every rank holds the opening layer and the classifier (or closing), and
+    only its own residual layers (:attr:`owned_layers`). The forward pass solves the layer
     recursion with nonlinear MGRIT, the backward pass solves the adjoint
     recursion with linear MGRIT backwards in layer-time, and a single
     :class:`torch.autograd.Function` joins them, so ``loss.backward()`` fills
@@ -45,10 +47,42 @@ class LayerParallel(nn.Module):
     exactly as autograd would for :class:`ODEResNet` (to the solver tolerance).
     The final state is broadcast, so logits and loss are the same on every rank.
 
+    Two kinds of network: the built-in ones, ``LayerParallel(spec, ...)``
+    (hand-written adjoint, the fast path), and your own,
+    ``LayerParallel(block=make_block, depth=N, t_final=T, opening=..., closing=..., ...)``:
+    layer ``n`` is the step ``x + h f_n(x)`` with ``f_n = make_block(n)``,
+    ``h = T / N``, differentiated by autograd (see :mod:`~mgrit_resnet.nn.module_steps`).
+    A rank calls ``make_block`` only for its own layers (and once for each
+    layer it borrows for its coarse steps), under torch's generator seeded from
+    ``(seed, n)``, so the network is the same at every rank count and the same
+    as ``ODEResNet(block=make_block, ..., seed=seed)``. A block must be a fixed
+    function of its input and parameters that keeps the state's shape and
+    dtype: MGRIT evaluates every layer many times per call. BatchNorm in
+    training mode and dropout are refused (use GroupNorm or LayerNorm, or an
+    eval-mode BatchNorm, a fixed affine map), and so is any block whose output
+    or buffers change between two evaluations on the same input; the blocks'
+    ``training`` flags are frozen at construction (``train()`` / ``eval()``
+    reach only the opening and the closing). Every rank checks its blocks and
+    all raise the same error, naming the layer. The opening and closing are
+    replicated (rank 0's parameters and buffers are broadcast at construction)
+    and run under ordinary autograd.
+
     Parameters
     ----------
     spec
-        The network (:class:`NetworkSpec`).
+        The network (:class:`NetworkSpec`), for the built-in kinds.
+    block
+        ``make_block(layer) -> nn.Module``: the residual branch ``f_n`` of a user network.
+    depth, t_final
+        With ``block``: the number of layers ``N`` and the final time ``T``.
+    opening, closing
+        With ``block``: the modules before and after the layers (default: identity).
+    input_shape
+        With ``block``: one sample's shape; when given, every block is checked
+        at construction on a state of the opening's output shape, otherwise on
+        the first call with each new state shape.
+    device
+        With ``block``: where every parameter must be (default: the opening's device, or the CPU).
     comm
         An mpi4py communicator or ``None`` for one rank.
     seed
@@ -70,8 +104,15 @@ class LayerParallel(nn.Module):
 
     def __init__(
         self,
-        spec: NetworkSpec,
+        spec: NetworkSpec | None = None,
         *,
+        block: Any = None,
+        depth: int | None = None,
+        t_final: float | None = None,
+        opening: nn.Module | None = None,
+        closing: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        device: Any = None,
         comm: Any = None,
         seed: int = 0,
         levels: int = 2,
@@ -91,10 +132,15 @@ class LayerParallel(nn.Module):
         warm_start: bool = False,
         track_grad_error: bool = False,
     ) -> None:
+        check_arguments(spec, block, depth, t_final, opening=opening, closing=closing, input_shape=input_shape, device=device)
         super().__init__()
         self.spec = spec
         self.backend = comm_module.backend_for(comm)
-        size, depth = self.backend.size, spec.depth
+        if isinstance(self.backend, comm_module.MPIBackend):  # an exception on one rank must not leave the others waiting
+            comm_module.install_abort_on_error(self.backend.comm)
+        depth = spec.depth if spec is not None else depth
+        self.depth, self.t_final = depth, spec.t_final if spec is not None else t_final
+        size = self.backend.size
         if depth < 2 * size - 1:
             raise ValueError(f"network.depth must be at least 2 * ranks - 1 = {2 * size - 1} so that every rank holds a layer; got {depth}")
         for name, value in (("fwd_iters", fwd_iters), ("bwd_iters", bwd_iters)):
@@ -111,15 +157,31 @@ class LayerParallel(nn.Module):
             tol_kind=tol_kind, max_iter=max_iter, initial_guess=initial_guess, skip_first_down=skip_first_down,
             relax_warm_start=relax_warm_start,
         )  # fmt: skip
-        self._solves = LayerSolves.build(spec, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
-        self.owned_layers = self._solves.owned_layers
-
-        device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
-        self.device = device
-        self.opening = make_opening(spec, seed, device)
-        self.layers = nn.ModuleDict({str(n): ResidualLayer(spec, n, seed, device) for n in self.owned_layers})
-        self.classifier = make_classifier(spec, seed, device)
         self._warm: dict[Hashable, _WarmStart] = {}
+        if spec is not None:
+            self._solves = LayerSolves.build(spec, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
+            self.owned_layers = self._solves.owned_layers
+            self.device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
+            self.dtype = spec.torch_dtype
+            self.opening = make_opening(spec, seed, self.device)
+            self.layers = nn.ModuleDict({str(n): ResidualLayer(spec, n, seed, self.device) for n in self.owned_layers})
+            self.classifier = make_classifier(spec, seed, self.device)
+            self._closing_name, self._parts = "classifier", None
+            self._layer_keys = {n: ["weight", "bias"] for n in range(depth)}
+            return
+        self.device = default_device(opening, device)
+        steps = ModuleSteps(lambda n: seeded_block(block, n, seed, self.device), depth, t_final)
+        self._solves = LayerSolves.build(steps, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
+        self.owned_layers = self._solves.owned_layers
+        parts = UserParts(self.backend, block, seed, self.owned_layers, opening, closing, self.device, input_shape)
+        self.dtype = parts.dtype
+        self.opening = parts.opening
+        self.layers = nn.ModuleDict({str(n): parts.blocks[n] for n in self.owned_layers})
+        self.closing = parts.closing
+        self._closing_name, self._parts = "closing", parts
+        self._layer_keys = {}
+        for part in self.backend.allgather({n: list(parts.blocks[n].state_dict()) for n in self.owned_layers}):
+            self._layer_keys.update(part)
 
     @classmethod
     def from_config(cls, network: Any, mgrit: Any, comm: Any = None, seed: int = 0, **options: Any) -> LayerParallel:
@@ -127,8 +189,16 @@ class LayerParallel(nn.Module):
 
         The ``[mgrit]`` section (or a mapping of some of its keys) is read as
         :meth:`MGRIT.from_config <mgrit_resnet.MGRIT.from_config>` reads it.
+        ``network.kind = "module"`` builds a user network from ``network.module``'s
+        ``build(options)`` (see :mod:`~mgrit_resnet.nn.builder`), in
+        ``network.dtype`` on the rank's device.
         """
-        return cls(NetworkSpec.from_config(network), comm=comm, seed=seed, **options_from_config(mgrit), **options)
+        mgrit_options = options_from_config(mgrit)
+        if network_value(network, "kind") != "module":
+            return cls(NetworkSpec.from_config(network), comm=comm, seed=seed, **mgrit_options, **options)
+        backend = comm_module.backend_for(comm)
+        parts = user_network_parts(network, comm_module.local_rank(backend) if network_value(network, "device") == "cuda" else 0)
+        return cls(**parts, comm=backend, seed=seed, **mgrit_options, **options)
 
     # ------------------------------------------------------------------ what the solves are
     @property
@@ -153,18 +223,26 @@ class LayerParallel(nn.Module):
         return self._solves.forward.hierarchy
 
     @property
-    def ops(self) -> DenseOps | ConvOps:
-        """The layer operators the MGRIT solves step with (one level: autograd's own kernels)."""
+    def ops(self) -> DenseOps | ConvOps | None:
+        """The built-in layer operators the MGRIT solves step with (one level: autograd's own kernels); ``None`` for user blocks."""
         return self._solves.ops
+
+    def train(self, mode: bool = True) -> LayerParallel:
+        """As ``nn.Module.train``, but a user network's blocks keep the modes they were built in."""
+        super().train(mode)
+        if self._parts is not None:
+            set_modes([self.layers[str(n)] for n in self.owned_layers], self._parts.modes)
+        return self
 
     # ------------------------------------------------------------------ ownership
     def layer_owner(self, layer: int) -> int:
         """The rank that holds residual layer ``layer``."""
-        check_int("layer", layer, minimum=0, maximum=self.spec.depth - 1)
+        check_int("layer", layer, minimum=0, maximum=self.depth - 1)
         return owner_of_layer(layer, self._solves.layer_bounds)
 
     def _owned_parameters(self) -> list[nn.Parameter]:
-        return [p for n in self.owned_layers for p in (self.layers[str(n)].weight, self.layers[str(n)].bias)]
+        steps = self._solves.steps
+        return [p for n in self.owned_layers for p in steps.parameters(self.layers[str(n)])]
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, key: Hashable | None = None) -> torch.Tensor:
@@ -181,13 +259,13 @@ class LayerParallel(nn.Module):
             otherwise they start cold.
         """
         self._check_input(x)
-        x = x.to(device=self.device, dtype=self.spec.torch_dtype)
+        x = x.to(device=self.device, dtype=self.dtype)
         warm = self._warm_entry(key, x)
-        x0 = open_state(self.spec, self.opening, x)
+        x0 = self._open(x)
         weights, weight_bytes = self._layer_weights()
         self._solves.stats = CallStats(weight_bytes=weight_bytes)
-        state = LayerFunction.apply(x0, self._solves, weights, warm, *self._owned_parameters())
-        return classify(self.spec, self.classifier, state)
+        state = LayerFunction.apply(x0, self._solves, weights, warm, torch.is_grad_enabled(), *self._owned_parameters())
+        return self._close(state)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,12 +275,36 @@ class LayerParallel(nn.Module):
         the result does not depend on solver settings or warm starts.
         """
         self._check_input(x)
-        x = x.to(device=self.device, dtype=self.spec.torch_dtype)
-        x0 = open_state(self.spec, self.opening, x)
-        weights = {n: (self.layers[str(n)].weight, self.layers[str(n)].bias) for n in self.owned_layers}
+        x = x.to(device=self.device, dtype=self.dtype)
+        x0 = self._open(x)
         solves = self._solves
-        _, result = solves.forward_solve(solves.serial_forward, x0, weights, self.spec.ops)
-        return classify(self.spec, self.classifier, solves.final_state(result, x0))
+        weights = {n: solves.steps.own(self.layers[str(n)]) for n in self.owned_layers}
+        _, result = solves.forward_solve(solves.serial_forward, x0, weights, record=False)
+        return self._close(solves.final_state(result, x0))
+
+    @property
+    def steps(self) -> Any:
+        """What the solves step with: it builds the forward and adjoint problems of a call (built-in or user blocks)."""
+        return self._solves.steps
+
+    def open(self, x: torch.Tensor) -> torch.Tensor:
+        """The opening applied to the input batch ``x``: the initial state ``x_0`` (replicated; collective for user blocks)."""
+        return self._open(x)
+
+    def close(self, state: torch.Tensor) -> torch.Tensor:
+        """The closing (classifier) applied to a final state ``x_N``: the logits."""
+        return self._close(state)
+
+    def _open(self, x: torch.Tensor) -> torch.Tensor:
+        """The initial state (a user network's blocks are checked on the first state of each shape: collective)."""
+        if self._parts is None:
+            return open_state(self.spec, self.opening, x)
+        x0 = self.opening(x)
+        self._parts.probe(self.backend, x0)
+        return x0
+
+    def _close(self, state: torch.Tensor) -> torch.Tensor:
+        return self.closing(state) if self._parts is not None else classify(self.spec, self.classifier, state)
 
     def _check_input(self, x: Any) -> None:
         """Collective: raise the same ``ValueError`` on every rank if any rank's ``x`` is not a valid input.
@@ -211,7 +313,7 @@ class LayerParallel(nn.Module):
         gather; the message of the first rank that found a problem is made
         again where it is known (every rank passes the same input).
         """
-        code, message = self.spec.input_problem(x)
+        code, message = self.spec.input_problem(x) if self.spec is not None else input_problem(x)
         backend = self.backend
         if backend.size == 1:
             if message is not None:
@@ -240,50 +342,48 @@ class LayerParallel(nn.Module):
             entry = self._warm[key] = _WarmStart(fingerprint)
         return entry
 
-    def _layer_weights(self) -> tuple[Weights, int]:
-        """Collective: this rank's layers (detached) and the other ranks' layers its coarse steps use, and the bytes sent."""
-        own = {n: (self.layers[str(n)].weight.detach(), self.layers[str(n)].bias.detach()) for n in self.owned_layers}
+    def _layer_weights(self) -> tuple[dict, int]:
+        """Collective: this rank's layers and the other ranks' layers its coarse steps use, and the bytes sent."""
         solves = self._solves
-        return fetch_foreign_weights(self.backend, solves.foreign, solves.layer_bounds, own, self.device)
+        own = {n: solves.steps.own(self.layers[str(n)]) for n in self.owned_layers}
+        return solves.steps.fetch(self.backend, solves.foreign, solves.layer_bounds, own, self.device)
 
     # ------------------------------------------------------------------ whole-model views
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: every parameter of the whole network on every rank (CPU), keyed as ``ODEResNet.state_dict()``."""
-        return self._gather_full(lambda p: p.detach())
+        """Collective: the whole network's parameters (and buffers) on every rank (CPU), keyed as ``ODEResNet.state_dict()``."""
+        return self._gather_full(grads=False)
 
     def full_grad_dict(self) -> dict[str, torch.Tensor | None]:
-        """Collective: the gradients after ``backward``, same keys as :meth:`full_state_dict`."""
-        return self._gather_full(lambda p: None if p.grad is None else p.grad)
+        """Collective: the gradients after ``backward``, keyed as :meth:`full_state_dict` (its parameters: buffers have none)."""
+        return self._gather_full(grads=True)
 
-    def _gather_full(self, pick: Any) -> dict[str, Any]:
-        def cpu(t):
-            return None if t is None else t.detach().cpu().clone()
+    def _gather_full(self, grads: bool) -> dict[str, Any]:
+        def view(module: nn.Module, prefix: str) -> dict[str, Any]:
+            items = module.named_parameters() if grads else module.state_dict(keep_vars=True).items()
+            picked = ((k, t.grad if grads else t) for k, t in items)
+            return {prefix + k: None if t is None else t.detach().cpu().clone() for k, t in picked}
 
-        local = {
-            f"layers.{n}.{name}": cpu(pick(getattr(self.layers[str(n)], name))) for n in self.owned_layers for name in ("weight", "bias")
-        }
-        merged = {}
-        for part in self.backend.allgather(local):
-            merged.update(part)
-        out = {f"opening.{name}": cpu(pick(getattr(self.opening, name))) for name in ("weight", "bias")}
-        out.update((f"layers.{n}.{name}", merged[f"layers.{n}.{name}"]) for n in range(self.spec.depth) for name in ("weight", "bias"))
-        out.update((f"classifier.{name}", cpu(pick(getattr(self.classifier, name)))) for name in ("weight", "bias"))
+        local: dict[str, Any] = {}
+        for n in self.owned_layers:
+            local.update(view(self.layers[str(n)], f"layers.{n}."))
+        out = view(self.opening, "opening.")
+        for part in self.backend.allgather(local):  # in rank order, so in layer order
+            out.update(part)
+        out.update(view(getattr(self, self._closing_name), f"{self._closing_name}."))
         return out
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take this rank's part of a whole-network state dict (from :meth:`full_state_dict` or ``ODEResNet.state_dict()``)."""
-        expected = [f"opening.{k}" for k in ("weight", "bias")]
-        expected += [f"layers.{n}.{k}" for n in range(self.spec.depth) for k in ("weight", "bias")]
-        expected += [f"classifier.{k}" for k in ("weight", "bias")]
+        expected = [f"opening.{k}" for k in self.opening.state_dict()]
+        expected += [f"layers.{n}.{k}" for n in range(self.depth) for k in self._layer_keys[n]]
+        expected += [f"{self._closing_name}.{k}" for k in getattr(self, self._closing_name).state_dict()]
         missing = [k for k in expected if k not in state]
         if missing or len(state) != len(expected):
             extra = sorted(set(state) - set(expected))
-            raise ValueError(
-                f"state dict does not match this network (depth {self.spec.depth}): missing {missing[:3]}, unexpected {extra[:3]}"
-            )
+            raise ValueError(f"state dict does not match this network (depth {self.depth}): missing {missing[:3]}, unexpected {extra[:3]}")
         with torch.no_grad():
-            for key, param in self.named_parameters():
-                param.copy_(state[key])
+            for key, tensor in self.state_dict(keep_vars=True).items():
+                tensor.copy_(state[key])
 
     def warm_start_bytes(self) -> int:
         """Bytes of the warm-start states this rank holds (forward and adjoint, every key)."""
@@ -317,7 +417,7 @@ class LayerParallel(nn.Module):
                 for name, start, states in (("forward", fs, fwd), ("adjoint", as_, adj)):
                     if states is not None:
                         entry[name].update((start + i, s) for i, s in enumerate(states))
-        points = self.spec.depth + 1
+        points = self.depth + 1
         for entry in merged.values():
             for name in ("forward", "adjoint"):
                 got = entry[name]
@@ -338,4 +438,4 @@ class LayerParallel(nn.Module):
 
     def extra_repr(self) -> str:
         """Depth, owned layers and ranks, for ``repr``."""
-        return f"depth={self.spec.depth}, owned_layers={self.owned_layers}, ranks={self.backend.size}"
+        return f"depth={self.depth}, owned_layers={self.owned_layers}, ranks={self.backend.size}"

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .activations import Activation
+from .partition import fetch_foreign_weights
 
 
 class ForwardProblem:
@@ -81,3 +82,37 @@ class AdjointProblem:
         fwd = self.forward
         x = fwd.saved[layer][0]
         return fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
+
+
+class BuiltinSteps:
+    """The built-in layers (``x + h sigma(W x + b)``) as MGRIT problems: what travels, what is trained, the problem pair.
+
+    :class:`~mgrit_resnet.nn.bridge.LayerSolves` drives every network through
+    one such object; :class:`~mgrit_resnet.nn.module_steps.ModuleSteps` is the
+    general (user block) twin.
+    """
+
+    def __init__(self, spec: Any, ops: Any) -> None:
+        self.spec = spec
+        self.ops = ops
+
+    def own(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the forward steps use of one of this rank's layers: its weights, detached."""
+        return layer.weight.detach(), layer.bias.detach()
+
+    def parameters(self, layer: Any) -> list[torch.Tensor]:
+        """The parameters of a layer whose gradients the adjoint returns, in the order of :meth:`AdjointProblem.parameter_grads`."""
+        return [layer.weight, layer.bias]
+
+    def fetch(self, backend: Any, plan: list[list[int]], layer_bounds: list[int], own: dict, device: torch.device) -> tuple[dict, int]:
+        """Collective: ``own`` with the other ranks' layers this rank's coarse steps use, and the bytes sent."""
+        return fetch_foreign_weights(backend, plan, layer_bounds, own, device)
+
+    def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ForwardProblem:
+        """Forward propagation of ``x0`` (it always keeps what the adjoint needs: one state and activation per layer)."""
+        spec = self.spec
+        return ForwardProblem(x0, weights, spec.h, spec.depth, self.ops, spec.act)
+
+    def adjoint_problem(self, terminal: torch.Tensor, forward: ForwardProblem, one_level: bool) -> AdjointProblem:
+        """Adjoint propagation through ``forward``'s layers."""
+        return AdjointProblem(terminal, forward)

@@ -21,6 +21,8 @@ from .ops import ConvOps, DenseOps
 #: The torch dtype of every ``network.dtype`` the config offers.
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
+#: The ``[network]`` keys that only a user network (``kind = "module"``) reads.
+USER_NETWORK_KEYS = ("module", "options")
 #: The input checks' verdicts by code, for ranks that compare them (0: a valid input).
 INPUT_PROBLEMS = ("not a tensor", "of the wrong shape", "not floating-point", "not finite")
 #: The code and the message of the one problem whose message does not depend on the input.
@@ -56,6 +58,11 @@ class NetworkSpec:
 
     def __post_init__(self) -> None:
         check_choice("network.kind", self.kind, NETWORK_KINDS)
+        if self.kind == "module":
+            raise ValueError(
+                "network.kind = 'module' is your own network, not a NetworkSpec: build it with ODEResNet.from_config / "
+                "LayerParallel.from_config, or ODEResNet(block=make_block, ...) / LayerParallel(block=make_block, ...)"
+            )
         for name in ("in_features", "in_channels", "image_size", "width", "depth"):
             check_int(f"network.{name}", getattr(self, name), minimum=1)
         check_int("network.n_classes", self.n_classes, minimum=2)
@@ -67,8 +74,10 @@ class NetworkSpec:
 
     @classmethod
     def from_config(cls, section: Any) -> NetworkSpec:
-        """From a config ``[network]`` section (or a mapping with its keys)."""
+        """From a config ``[network]`` section (or a mapping with its keys; those of user networks are ignored)."""
         values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+        for key in USER_NETWORK_KEYS:
+            values.pop(key, None)
         return cls(**values)
 
     @property
@@ -110,14 +119,38 @@ class NetworkSpec:
 
         ``k`` is one more than the problem's index in :data:`INPUT_PROBLEMS`.
         """
-        if not isinstance(x, torch.Tensor):
-            return 1, f"the network input must be a torch.Tensor; got {type(x).__name__}"
+        return input_problem(x, self._shape_problem)
+
+    def _shape_problem(self, x: torch.Tensor) -> str | None:
         shape = self.input_shape()
         if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape or x.shape[0] < 1:
             expected = ", ".join(["batch", *map(str, shape)])
-            return 2, f"the {self.kind} network input must have shape ({expected}); got {tuple(x.shape)}"
-        if not x.is_floating_point():
-            return 3, f"the network input must be a floating-point tensor; got {x.dtype}"
-        if not bool(torch.isfinite(x).all()):
-            return NON_FINITE_CODE, NON_FINITE_INPUT
-        return 0, None
+            return f"the {self.kind} network input must have shape ({expected}); got {tuple(x.shape)}"
+        return None
+
+
+def batch_shape_problem(x: torch.Tensor) -> str | None:
+    """Why ``x`` is not a batch of at least one sample (the only shape check of a user network), or ``None``."""
+    if x.dim() < 1 or x.shape[0] < 1:
+        return f"the network input must have a batch dimension of size >= 1; got shape {tuple(x.shape)}"
+    return None
+
+
+def input_problem(x: Any, shape_problem: Any = batch_shape_problem) -> tuple[int, str | None]:
+    """The input check of both kinds of network, with a code: ``(0, None)`` for a valid batch, else ``(k, why)``.
+
+    ``x`` must be a floating-point tensor with finite entries; ``shape_problem(x)``
+    says what is wrong with its shape (a built-in network knows its input
+    shape; a user network leaves all but the batch dimension to its opening).
+    ``k`` is one more than the problem's index in :data:`INPUT_PROBLEMS`.
+    """
+    if not isinstance(x, torch.Tensor):
+        return 1, f"the network input must be a torch.Tensor; got {type(x).__name__}"
+    why = shape_problem(x)
+    if why is not None:
+        return 2, why
+    if not x.is_floating_point():
+        return 3, f"the network input must be a floating-point tensor; got {x.dtype}"
+    if not bool(torch.isfinite(x).all()):
+        return NON_FINITE_CODE, NON_FINITE_INPUT
+    return 0, None

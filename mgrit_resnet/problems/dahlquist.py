@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_choice
+from .._checks import check_choice, check_finite
 from ..config import SCHEMES
 from .base import UniformGrid, section_values
 
@@ -18,7 +18,7 @@ class Dahlquist(UniformGrid):
     Parameters
     ----------
     z
-        The eigenvalue; complex values are allowed.
+        The eigenvalue; complex values are allowed, NaN and infinity are not.
     t_final, n_steps
         The fine grid.
     scheme
@@ -30,9 +30,7 @@ class Dahlquist(UniformGrid):
 
     def __init__(self, z: complex = -1.0, t_final: float = 5.0, n_steps: int = 100, scheme: str = "backward_euler") -> None:
         super().__init__(t_final, n_steps)
-        if isinstance(z, bool) or not isinstance(z, numbers.Complex):
-            raise TypeError(f"z must be a real or complex number; got {z!r}")
-        self.z = complex(z) if complex(z).imag != 0 else float(complex(z).real)
+        self.z = _check_z("z", z)
         self.scheme = check_choice("scheme", scheme, SCHEMES)
         self._dtype = np.complex128 if isinstance(self.z, complex) else np.float64
         self._factors: dict[int, complex] = {}
@@ -41,7 +39,8 @@ class Dahlquist(UniformGrid):
     def from_config(cls, section: Any) -> Dahlquist:
         """From a ``[problem]`` section with ``kind = "dahlquist"`` (or a mapping with its keys)."""
         p = section_values(section, cls.kind, ("z", "t_final", "n_steps", "scheme"))
-        return cls(z=p["z"], t_final=p["t_final"], n_steps=p["n_steps"], scheme=p["scheme"])
+        z = _check_z("problem.z", p["z"])  # named as the config names it; the other keys the config has checked
+        return cls(z=z, t_final=p["t_final"], n_steps=p["n_steps"], scheme=p["scheme"])
 
     def describe(self) -> str:
         """One line: ``z = -1.0, backward_euler, T = 5.0, 100 steps``."""
@@ -67,3 +66,11 @@ class Dahlquist(UniformGrid):
         if factor is None:
             factor = self._factors[width] = self.amplification(self.interval(start, stop))
         return u * factor
+
+
+def _check_z(name: str, z: Any) -> complex | float:
+    """``z`` as a float when it is real, else as a complex; a clear error naming ``name`` for anything but a finite number."""
+    if isinstance(z, bool) or not isinstance(z, numbers.Complex):
+        raise TypeError(f"{name} must be a real or complex number; got {z!r}")
+    check_finite(name, z)
+    return complex(z) if complex(z).imag != 0 else float(complex(z).real)

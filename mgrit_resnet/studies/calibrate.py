@@ -106,11 +106,21 @@ def calibrate_solve(cfg: Any, repeats: int = 3) -> Calibration:
 
 
 def training_batch(cfg: Any, seed: int = 0) -> tuple[Any, Any]:
-    """A random batch of ``train.batch_size`` inputs of the network's shape, with labels."""
+    """A batch of ``train.batch_size`` inputs of the network's shape, with labels.
+
+    Random for the built-in kinds; for a user network (``network.kind = "module"``),
+    whose input shape only its data set knows, the data set's first training samples.
+    """
     import torch
 
     from ..nn.spec import NetworkSpec
 
+    if cfg.network.kind == "module":
+        from ..training.data import load_dataset
+
+        data = load_dataset(cfg.data, cfg.network)
+        rows = min(cfg.train.batch_size, data.n_train)
+        return data.train_x[:rows].to(getattr(torch, cfg.network.dtype)), data.train_y[:rows]
     spec = NetworkSpec.from_config(cfg.network)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg.train.batch_size, *spec.input_shape(), generator=generator, dtype=spec.torch_dtype)
@@ -140,8 +150,6 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
     import torch
 
     from ..nn import LayerParallel, ODEResNet
-    from ..nn.layers import classify, open_state
-    from ..nn.propagators import AdjointProblem, ForwardProblem
     from ..training.optim import make_optimizer
 
     t = cfg.train
@@ -158,15 +166,15 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
         training_step(par, optimizer, x, y)
     one_rank_time = cpu_seconds(lambda: training_step(par, optimizer, x, y), repeats)  # a group of one rank
 
-    spec, depth = par.spec, par.spec.depth
+    depth, steps = par.depth, par.steps
     hierarchy = par.hierarchy
     stride = hierarchy.stride(1) if hierarchy.n_levels > 1 else 1
-    weights = {n: (par.layers[str(n)].weight.detach(), par.layers[str(n)].bias.detach()) for n in range(depth)}
+    weights = {n: steps.own(par.layers[str(n)]) for n in range(depth)}  # one rank holds every layer
     with torch.no_grad():
-        x0 = open_state(spec, par.opening, x)
-        problem = ForwardProblem(x0, weights, spec.h, depth, par.ops, spec.act)
+        x0 = par.open(x)
+        problem = steps.forward_problem(x0, weights)
         lam = torch.randn_like(x0)
-        adjoint = AdjointProblem(lam, problem)
+        adjoint = steps.adjoint_problem(lam, problem, one_level=hierarchy.n_levels == 1)
 
         def sweep(step: Callable, state: Any, level: int, width: int) -> Callable[[], None]:
             def run() -> None:
@@ -185,13 +193,12 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
         grads = cpu_seconds(lambda: [adjoint.parameter_grads(n) for n in range(depth)], repeats) / depth
 
     def replicated_work() -> None:
-        state = open_state(spec, par.opening, x)
-        loss = torch.nn.functional.cross_entropy(classify(spec, par.classifier, state), y)
+        loss = torch.nn.functional.cross_entropy(par.close(par.open(x)), y)
         loss.backward()
 
     replicated = cpu_seconds(replicated_work, repeats)
     update = cpu_seconds(optimizer.step, repeats) / depth
-    weight_bytes = sum(p.numel() * p.element_size() for p in par.layers["0"].parameters())
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*par.layers["0"].parameters(), *par.layers["0"].buffers()])
     costs = StepCosts(
         forward=forward,
         adjoint=adjoint_costs,
@@ -200,7 +207,7 @@ def calibrate_training(cfg: Any, repeats: int = 5, seed: int = 0) -> Calibration
         state_bytes=x0.numel() * x0.element_size(),
         weight_bytes=weight_bytes,
         layers=depth,
-        replicated_bytes=sum(p.numel() * p.element_size() for m in (par.opening, par.classifier) for p in m.parameters()),
+        replicated_bytes=sum(p.numel() * p.element_size() for name, p in par.named_parameters() if not name.startswith("layers.")),
     )
     options = solver_options(cfg)
     _, calls = simulate_training_step(depth, options, 1, costs, (0.0, 0.0), t.fwd_iters, t.bwd_iters)

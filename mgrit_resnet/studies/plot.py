@@ -1,13 +1,38 @@
-"""Convergence plots (matplotlib, imported on first use, drawn off-screen)."""
+"""Convergence plots (matplotlib, imported on first use, drawn off-screen).
+
+Every figure is laid out tightly (no clipped labels) and written atomically:
+into a temporary file beside the target, then renamed over it, so that a
+failed write never leaves an empty or torn image.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..result import SolveResult
+
+DPI = 120
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` atomically (format by suffix) and close it."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(temporary, format=path.suffix[1:] or matplotlib.rcParams["savefig.format"], dpi=DPI, bbox_inches="tight")
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def plot_residuals(result: SolveResult, path: str | Path, predicted: float | None = None, title: str = "") -> Path:
@@ -33,7 +58,7 @@ def plot_residuals(result: SolveResult, path: str | Path, predicted: float | Non
     values = ([result.initial_residual] if start == 0 else []) + list(result.residuals)
     iterations = list(range(start, start + len(values)))
     shown = [(k, r) for k, r in zip(iterations, values) if r > 0]  # exact zeros cannot be drawn on a log scale
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
     if shown:
         ax.semilogy(*zip(*shown), "o-", label="measured residual")
     if predicted is not None and shown:
@@ -47,11 +72,7 @@ def plot_residuals(result: SolveResult, path: str | Path, predicted: float | Non
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training(run_dir: str | Path, path: str | Path) -> Path:
@@ -100,11 +121,7 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_blockwise(rows: list[dict], title: str, path: str | Path) -> Path:
@@ -139,20 +156,18 @@ def _plot_blockwise(rows: list[dict], title: str, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title + " (shading: stages of the schedule)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def plot_sweep(table: Any, path: str | Path) -> Path:
+def plot_sweep(table: Any, path: str | Path, title: str = "") -> Path:
     """One panel per grid key of a ``sweep`` table: the measured quantity against that key.
 
     Solve sweeps show the mean convergence factor (the two-level theory bound
     dashed, in the same colour, where defined); train sweeps show the
     validation accuracy (the training accuracy dotted). Each line holds the
-    other grid keys fixed; its label gives their values.
+    other grid keys fixed; its label gives their values. A coarsening factor,
+    and any positive integer key whose values span a factor 4 or more, is
+    drawn on a log2 axis.
 
     Parameters
     ----------
@@ -160,6 +175,8 @@ def plot_sweep(table: Any, path: str | Path) -> Path:
         A :class:`~mgrit_resnet.studies.sweep.Table` (``mgrit_resnet.studies.sweep.read_table``).
     path
         Output image (``.png``, ``.pdf``, ``.svg``).
+    title
+        The figure's title: what was swept (the problem, or the network and data).
     """
     import matplotlib
 
@@ -170,10 +187,10 @@ def plot_sweep(table: Any, path: str | Path) -> Path:
         raise ValueError("plot: the sweep table has no rows yet")
     if table.verb == "solve":
         curves = (("mean_factor", "o-"), ("theory_bound", "--"))
-        ylabel, title = "mean convergence factor", "factor (dashed: two-level theory)"
+        ylabel, panel = "mean convergence factor", "factor (dashed: two-level theory)"
     else:
         curves = (("val_accuracy", "o-"), ("train_accuracy", "s:"))
-        ylabel, title = "accuracy", "validation accuracy (dotted: training)"
+        ylabel, panel = "accuracy", "validation accuracy (dotted: training)"
     keys = table.grid_keys
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -195,19 +212,31 @@ def plot_sweep(table: Any, path: str | Path) -> Path:
                 color = line.get_color()
         if ticks:
             ax.set_xticks(range(len(ticks)), ticks, rotation=20 if max(len(t) for t in ticks) > 6 else 0)
+        elif _log2_axis(key, list(positions.values())):
+            ax.set_xscale("log", base=2)
+            values = sorted(set(positions.values()))
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.minorticks_off()
         values = [v for line in ax.get_lines() for v in line.get_ydata() if not math.isnan(v)]
         if table.verb == "solve" and values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
         ax.set(xlabel=key, ylabel=ylabel)
-        ax.set_title(f"{title} vs {key}", fontsize=10)
+        ax.set_title(f"{panel} vs {key}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         if others:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _log2_axis(key: str, values: list[float]) -> bool:
+    """Whether a numeric grid key belongs on a log2 axis: a coarsening factor, or positive integers spanning 4x or more."""
+    if not values or min(values) <= 0:
+        return False
+    if key.rpartition(".")[2] == "coarsening":
+        return True
+    return all(float(v).is_integer() for v in values) and max(values) >= 4 * min(values)
 
 
 def _axis_positions(cells: list[str]) -> tuple[dict[str, float], list[str]]:
@@ -253,16 +282,16 @@ def plot_scaling(rows: Sequence[Any], path: str | Path, title: str = "") -> Path
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_compare(results: list[dict], path: str | Path) -> Path:
     """The figure of the ``compare`` verb: validation accuracy over the training budget for every strategy,
     the final accuracy of every block's head, and the heads' accuracy over the budget for the local strategies.
+
+    Every strategy keeps one colour in every panel (blocks differ by line
+    style), and every accuracy axis shows the whole range 0 to 1, so that
+    small differences are not drawn as cliffs.
 
     Parameters
     ----------
@@ -276,55 +305,61 @@ def plot_compare(results: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colour = {r["strategy"]: f"C{i}" for i, r in enumerate(results)}
+    block_styles = ("-", "--", "-.", ":")
     local = [r for r in results if r.get("head_val_accuracy")]
     fig, axes = plt.subplots(1, 3 if local else 1, figsize=(16 if local else 6, 4.4), squeeze=False)
     axes = axes[0]
     for r in results:
         curve = [p for p in _trained(r["curve"], -1) if p.get("val_accuracy") is not None]
-        axes[0].plot([p["progress"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=r["strategy"])
+        axes[0].plot(
+            [p["progress"] for p in curve],
+            [p["val_accuracy"] for p in curve],
+            marker=".",
+            color=colour[r["strategy"]],
+            label=r["strategy"] if not curve else f"{r['strategy']} ({curve[-1]['val_accuracy']:.3f})",  # the value the axis cannot resolve
+        )
     axes[0].set(
         xlabel="share of the training budget done",
         ylabel="validation accuracy (final network)",
         title="final network (once its last block trains)",
     )
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
     if local:
-        whole = {}  # the whole-network strategies as reference lines, one per accuracy
-        for r in results:
+        for r in results:  # the whole-network strategies as reference lines, in their colours
             if r["val_accuracy"] is not None and not r.get("head_val_accuracy"):
-                whole.setdefault(r["val_accuracy"], []).append(r["strategy"])
-        for accuracy, names in whole.items():
-            axes[1].axhline(accuracy, linestyle=":", color="grey")
-            axes[1].annotate(", ".join(names), (0, accuracy), fontsize=8, color="dimgrey", va="bottom")
-        styles = ("-", "--", "-.", ":")
-        for i, r in enumerate(local):
+                axes[1].axhline(
+                    r["val_accuracy"],
+                    linestyle=":",
+                    color=colour[r["strategy"]],
+                    label=f"{r['strategy']} (whole network, {r['val_accuracy']:.3f})",
+                )
+        for r in local:
             heads = r["head_val_accuracy"]
-            axes[1].plot(range(len(heads)), heads, marker="o", linestyle=styles[i % 4], label=r["strategy"])
+            best = f"{max(heads):.3f}" if heads else "-"
+            axes[1].plot(range(len(heads)), heads, marker="o", color=colour[r["strategy"]], label=f"{r['strategy']} (best head {best})")
             for k in range(len(heads)):
                 history = [p for p in _trained(r["curve"], k) if p.get("head_val_accuracy")]
                 axes[2].plot(
                     [p["progress"] for p in history],
                     [p["head_val_accuracy"][k] for p in history],
-                    linestyle=styles[i % 4],
-                    color=f"C{k}",
+                    linestyle=block_styles[k % len(block_styles)],
+                    color=colour[r["strategy"]],
                     label=f"{r['strategy']}, block {k}",
                 )
         axes[1].set(xlabel="block k", ylabel="validation accuracy of head k", title="per-block heads at the end")
         axes[1].set_xticks(range(max(len(r["head_val_accuracy"]) for r in local)))
-        axes[1].legend(fontsize=8)
+        axes[1].legend(fontsize=8, loc="lower right")
         axes[2].set(
             xlabel="share of the training budget done",
             ylabel="validation accuracy of head k",
             title="per-block heads (from their first epoch)",
         )
-        axes[2].legend(fontsize=7, ncol=2)
+        axes[2].legend(fontsize=7, ncol=len(local), loc="lower right")
     for ax in axes:
+        ax.set_ylim(0.0, 1.02)  # accuracies on their whole range: a 1 % difference is not a cliff
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _trained(curve: list[dict], block: int) -> list[dict]:
@@ -336,7 +371,7 @@ def _trained(curve: list[dict], block: int) -> list[dict]:
     return []
 
 
-def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None) -> Path:
+def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None, max_error: float | None = None) -> Path:
     """Gradient error against predicted step time, one point per hierarchy, the Pareto front joined.
 
     Parameters
@@ -347,6 +382,8 @@ def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None) -> Path
         Output image (``.png``, ``.pdf``, ``.svg``).
     chosen
         The recommended row, circled.
+    max_error
+        The gradient error a recommendation may have (``tune --max-error``), drawn as a line.
     """
     import matplotlib
 
@@ -357,24 +394,53 @@ def plot_tune(rows: Sequence[Any], path: str | Path, chosen: Any = None) -> Path
         raise ValueError("plot_tune: no hierarchy to draw")
     floor = min([r.grad_error for r in rows if r.grad_error > 0], default=1e-16) / 10  # an exact gradient sits on the floor
     error = lambda r: max(r.grad_error, floor)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([r.time * 1e3 for r in rows], [error(r) for r in rows], color="tab:blue")
-    for r in rows:
-        ax.annotate(f"{r.levels}L m{r.coarsening}", (r.time * 1e3, error(r)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter([r.time * 1e3 for r in rows], [error(r) for r in rows], color="tab:blue", zorder=3)
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.time)
-    ax.plot([r.time * 1e3 for r in front], [error(r) for r in front], "--", color="tab:orange", label="Pareto front")
+    if front:
+        ax.plot([r.time * 1e3 for r in front], [error(r) for r in front], "--", color="tab:orange", label="Pareto front")
     if chosen is not None:
-        ax.scatter([chosen.time * 1e3], [error(chosen)], s=160, facecolors="none", edgecolors="tab:red", label="recommended")
+        ax.scatter([chosen.time * 1e3], [error(chosen)], s=160, facecolors="none", edgecolors="tab:red", label="recommended", zorder=4)
+    if max_error is not None:
+        ax.axhline(max_error, color="tab:red", linestyle=":", label=f"--max-error {max_error:g}")
     ax.set_yscale("log")
+    ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
     ax.set(
         xlabel=f"predicted one-shot step at P = {rows[0].ranks} [ms]",
         ylabel="relative gradient error",
         title=f"MGRIT hierarchies (serial step {rows[0].serial_time * 1e3:.2f} ms)",
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()  # the final axes, so that the labels are placed where they will be drawn
+    _place_labels(fig, ax, [(r.time * 1e3, error(r), f"{r.levels}L m{r.coarsening}") for r in rows])
+    return _save(fig, path)
+
+
+# Offsets (points) tried in turn for a point's label: right, above, left, below, then further out.
+_LABEL_OFFSETS = [(5, 3), (5, -11), (-5, 3), (-5, -11), (0, 9), (0, -17), (12, 12), (12, -20), (-12, 12), (-12, -20), (20, 2), (-20, 2)]
+
+
+def _place_labels(fig: Any, ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
+    """Annotate every ``(x, y, text)`` at the first offset whose label overlaps no other label, no point and stays inside the axes."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    placed: list[Any] = []
+    for x, y, text in sorted(points, key=lambda p: (p[0], p[1])):
+        best, best_cost = None, math.inf
+        for dx, dy in _LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, ha="left" if dx >= 0 else "right")
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            cost = sum(box.overlaps(other) for other in placed) * 10
+            cost += sum(box.contains(mx, my) for mx, my in markers) * 5
+            cost += 0 if (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1) else 3
+            if cost < best_cost:
+                if best is not None:
+                    best.remove()
+                best, best_cost, best_box = label, cost, box
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        placed.append(best_box)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import comm as comm_module
 from .. import problems, theory
-from ..config import SCHEMA, Config, ConfigError, load_config, parse_value, toml_value, validate_section
+from ..config import SCHEMA, Config, ConfigError, get_dotted, load_config, parse_value, toml_value, validate_section
 from ..mgrit import MGRIT
 
 SOLVE_COLUMNS = ("ranks", "iterations", "converged", "initial_residual", "final_residual", "mean_factor", "theory_bound", "wall_time")
@@ -108,6 +108,8 @@ def cell(value: Any) -> str:
 def normalised(key: str, value: Any) -> str:
     """The cell of ``value`` after the config check of ``key`` (so ``2`` and ``2.0`` agree for a real key)."""
     section, _, name = key.partition(".")
+    if "." in name:  # a key inside a table passed through unchecked (network.options.*)
+        return cell(value)
     return cell(validate_section(section, {name: value})[name])
 
 
@@ -129,7 +131,7 @@ def grid_points(config: str | Path, overrides: dict[str, Any], grid: dict[str, l
     points, seen = [], set()
     for values in itertools.product(*grid.values()):
         cfg = load_config(config, {**overrides, **dict(zip(grid, values))})
-        cells = tuple(cell(getattr(getattr(cfg, key.partition(".")[0]), key.partition(".")[2])) for key in grid)
+        cells = tuple(cell(get_dotted(cfg, key)) for key in grid)
         label = " ".join(f"{key}={text}" for key, text in zip(grid, cells))
         if cells in seen:
             raise ConfigError(f"--grid lists a value twice: the point {label} comes up again")

@@ -112,7 +112,7 @@ def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
         cfg.network, cfg.mgrit, seed=t.seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=t.warm_start, track_grad_error=True
     )
     optimizer = make_optimizer(t, list(par.parameters()))
-    x = dataset.train_x.to(par.spec.torch_dtype)
+    x = dataset.train_x.to(par.dtype)
     errors = []
     for step in range(steps):
         b = step % len(chosen)

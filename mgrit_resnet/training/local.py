@@ -244,8 +244,8 @@ class BlockWise(Strategy):
     blockwise: ClassVar[bool] = True
 
     @classmethod
-    def build(cls, cfg: Any, comm: Any, seed: int) -> tuple[LocalTrainer, Dataset]:
-        return LocalTrainer(cfg, comm, seed), load_dataset(cfg.data, cfg.network)
+    def build(cls, cfg: Any, comm: Any, seed: int, data: Any = None) -> tuple[LocalTrainer, Dataset]:
+        return LocalTrainer(cfg, comm, seed), load_dataset(cfg.data, cfg.network, data)
 
     @classmethod
     def resumable(cls, cfg: Any, layer_ranks: int, path: str | Path, mmap: bool = False) -> dict[str, Any]:

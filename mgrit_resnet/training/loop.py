@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import toml_value
+from ..config import callable_name, is_toml, toml_key, toml_value
 from . import checkpoint
 from .registry import strategy_class
 from .strategy import Strategy
@@ -30,13 +30,14 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple:
+def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None, data: Any = None) -> tuple:
     """:func:`~mgrit_resnet.training.check` the config against the ranks, then load the data and build the model.
 
     Returns what :func:`train` takes as ``prepared``; raises ValueError on bad
-    input. ``resume_from`` names a checkpoint to check, too: one the run can continue from.
+    input. ``resume_from`` names a checkpoint to check, too: one the run can continue from;
+    ``data`` is data given from Python, as :func:`train` takes it.
     """
-    return strategy_class(cfg.train.strategy).prepare(cfg, comm, seed, resume_from)
+    return strategy_class(cfg.train.strategy).prepare(cfg, comm, seed, resume_from, data)
 
 
 def train(
@@ -47,6 +48,7 @@ def train(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     prepared: tuple | None = None,
+    data: Any = None,
 ) -> TrainResult:
     """Train ``cfg.network`` on ``cfg.data`` with ``cfg.train``; collective over ``comm``.
 
@@ -71,12 +73,34 @@ def train(
     on_epoch
         Called on every rank with each epoch's metrics row.
     prepared
-        The result of :func:`prepare`, when the caller checked the input already.
+        The result of :func:`prepare`, when the caller checked the input already
+        (it holds the data: give ``data`` to :func:`prepare` then).
+    data
+        Your own data in place of the ``[data]`` set: a
+        :class:`~mgrit_resnet.training.data.Dataset`; a tuple ``(x_train, y_train)``
+        or ``(x_train, y_train, x_val, y_val)`` of tensors or NumPy arrays (inputs
+        ``(samples, ...)``, integer labels in ``[0, network.n_classes)``); or a
+        ``torch.utils.data.Dataset`` of ``(x, y)`` pairs, or a tuple ``(train, val)``
+        of them. It is taken exactly as the arrays of ``[data] name = "npz"``
+        would be: the same checks, the same cut to ``data.n_train`` and
+        ``data.n_val`` samples (a stratified split of the training arrays when
+        no validation arrays are given), hence the same batches, metrics and
+        checkpoints. ``data.name`` and ``data.path`` are not read. To resume, give the same data again.
+
+    Examples
+    --------
+    Your own network (``network.module`` a function ``build(options)``) on your own tensors::
+
+        cfg = mr.load_config("net.toml", overrides={"network.module": build, "data.n_train": 800, "data.n_val": 200})
+        result = train(cfg, comm, out="runs/mine", data=(x, y))
     """
     if resume and out is None:
         raise ValueError(RESUME_NEEDS_OUT)
+    if prepared is not None and data is not None:
+        raise ValueError("train: give data to prepare(), not beside prepared (the prepared run holds its data already)")
     kind = strategy_class(cfg.train.strategy)
-    run = kind(cfg, prepared if prepared is not None else kind.prepare(cfg, comm))
+    run = kind(cfg, prepared if prepared is not None else kind.prepare(cfg, comm, data=data))
+    data_given = run.dataset.name == "given"
     world, out = run.groups.world, None if out is None else Path(out)
     metrics: list[dict[str, Any]] = []
     elapsed = 0.0
@@ -85,7 +109,7 @@ def train(
         run.restore(saved)
         metrics, elapsed = saved["metrics"], saved["wall_time"]
     if out is not None and run.groups.rank == 0:
-        start_output(out, cfg, metrics)
+        start_output(out, cfg, metrics, data_given)
 
     started = time.perf_counter() - elapsed
     for row in range(len(metrics), len(run.plan)):
@@ -141,18 +165,39 @@ def save(out: Path, run: Strategy, strategy: str, metrics: list[dict[str, Any]],
         f.write(json.dumps(metrics[-1]) + "\n")
 
 
-def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]]) -> None:
+def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]], data_given: bool = False) -> None:
     """Create ``out`` with ``config.toml`` and a ``metrics.jsonl`` holding ``metrics`` (those of a resumed run); rank 0 only."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg, out / "config.toml")
+    write_config(cfg, out / "config.toml", data_given)
     with open(out / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(m) + "\n" for m in metrics)
 
 
-def _write_config(cfg: Any, path: Path) -> None:
+def write_config(cfg: Any, path: Path, data_given: bool = False) -> None:
+    """``cfg`` as a TOML file that :func:`~mgrit_resnet.load_config` reads back to the same config.
+
+    A table value (``network.options``) becomes its own table (``[network.options]``);
+    what TOML cannot hold (a ``network.module`` given from Python as a function,
+    an option that is a Python object) is written as text, or as a comment, saying so.
+    """
     lines = []
     for section, values in cfg.as_dict().items():
         lines.append(f"[{section}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        if section == "data" and data_given:
+            lines.append("# the run trained on data given from Python (train(..., data=...)), not on this [data] set")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            if callable(value):
+                lines.append(f"{key} = {toml_value(callable_name(value))}  # given from Python as a function; this names it")
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+        for key, table in ((k, v) for k, v in values.items() if isinstance(v, dict)):
+            lines += ["", f"[{section}.{toml_key(key)}]"]
+            for name, value in table.items():
+                if is_toml(value):
+                    lines.append(f"{toml_key(name)} = {toml_value(value)}")
+                else:
+                    lines.append(f"# {toml_key(name)} = {value!r:.200}  (given from Python; not a TOML value)")
         lines.append("")
     path.write_text("\n".join(lines))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import callable_name
 from ..nn import LayerParallel, ODEResNet
 
 
@@ -43,10 +44,16 @@ class TrainModel:
     layer group holds the whole network). ``exact``: :class:`~mgrit_resnet.nn.LayerParallel`
     solved to ``mgrit.tol``. ``one_shot``: ``LayerParallel`` with
     ``train.fwd_iters`` / ``train.bwd_iters`` iterations per step, warm-started per batch.
+
+    ``probe``, a batch of the training data, goes once through a user network
+    (``network.kind = "module"``) when it is built: a sample shape its opening
+    cannot take is then bad input with the network's own message, the same on
+    every rank, before training starts (the built-in kinds check the shape with the data).
     """
 
-    def __init__(self, cfg: Any, layer_comm: Any, seed: int) -> None:
+    def __init__(self, cfg: Any, layer_comm: Any, seed: int, probe: torch.Tensor | None = None) -> None:
         self.strategy = cfg.train.strategy
+        self.depth = cfg.network.depth
         if self.strategy == "serial":
             self.module: nn.Module = ODEResNet.from_config(cfg.network, seed=seed)
         else:
@@ -55,10 +62,25 @@ class TrainModel:
                 options = dict(fwd_iters=cfg.train.fwd_iters, bwd_iters=cfg.train.bwd_iters, warm_start=cfg.train.warm_start)
             self.module = LayerParallel.from_config(cfg.network, cfg.mgrit, comm=layer_comm, seed=seed, **options)
         self.parallel = isinstance(self.module, LayerParallel)
+        self.dtype: torch.dtype = self.module.dtype  # the inputs' dtype, for built-in and user networks alike
+        if probe is not None and cfg.network.kind == "module":
+            self._probe(probe, cfg.network.module)
+
+    def _probe(self, x: torch.Tensor, module: Any) -> None:
+        try:
+            self.predict(x.to(self.dtype))  # collective; the opening and closing run alike on every rank
+        except (ValueError, TypeError):
+            raise
+        except Exception as error:
+            name = callable_name(module) if callable(module) else module
+            raise ValueError(
+                f"network.module = {name!r}: the network cannot take the training samples of shape {tuple(x.shape[1:])}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     @property
     def owned_layers(self) -> range:
-        return self.module.owned_layers if self.parallel else range(self.module.spec.depth)
+        return self.module.owned_layers if self.parallel else range(self.depth)
 
     @property
     def bytes_sent(self) -> int:

@@ -20,6 +20,7 @@ import torch
 from ..comm.groups import RankGroups
 from . import checkpoint
 from .checks import check
+from .data import Dataset
 
 EVAL_BATCH = 500  # rows per evaluation pass: bounds the memory of evaluating a whole data set
 
@@ -40,6 +41,8 @@ class Strategy(ABC):
         Whether the checkpoints are block-wise ones (:func:`.checkpoint.load`'s ``local``).
     groups
         The ranks as data groups times layer-ranks.
+    dataset
+        The training and validation data (:class:`~.data.Dataset`).
     plan
         One entry per metrics row, in order: the epochs (whole network), or
         every stage's epochs (block-wise).
@@ -47,10 +50,11 @@ class Strategy(ABC):
 
     blockwise: ClassVar[bool]
     groups: RankGroups
+    dataset: Dataset
     plan: list[Any]
 
     @classmethod
-    def prepare(cls, cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple:
+    def prepare(cls, cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None, data: Any = None) -> tuple:
         """:func:`~.checks.check` the config for this job's ranks, then build this rank's network and load the data.
 
         Parameters
@@ -63,6 +67,8 @@ class Strategy(ABC):
             The network seed (default ``train.seed``).
         resume_from
             A checkpoint to check, too: one this run can continue from.
+        data
+            Data given from Python in place of the ``[data]`` set (see :func:`~.data.load_dataset`).
 
         Raises
         ------
@@ -70,15 +76,16 @@ class Strategy(ABC):
             On anything :func:`~.checks.check` refuses, or a checkpoint this run cannot continue.
         """
         size = 1 if comm is None else comm.Get_size()
-        check(cfg, size)
+        check(cfg, size, data_given=data is not None)
         if resume_from is not None:
             cls.resumable(cfg, size // cfg.train.data_parallel, resume_from, mmap=True)
-        return cls.build(cfg, comm, cfg.train.seed if seed is None else seed)
+        return cls.build(cfg, comm, cfg.train.seed if seed is None else seed, data)
 
     @classmethod
     @abstractmethod
-    def build(cls, cfg: Any, comm: Any, seed: int) -> tuple:
-        """This rank's network, the data and the rank groups of a checked config (what the constructor takes)."""
+    def build(cls, cfg: Any, comm: Any, seed: int, data: Any = None) -> tuple:
+        """This rank's network, the data (``data``, when given from Python) and the rank groups of a checked config
+        (what the constructor takes)."""
 
     @classmethod
     def resumable(cls, cfg: Any, layer_ranks: int, path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -40,15 +40,15 @@ class WholeNetwork(Strategy):
     blockwise: ClassVar[bool] = False
 
     @classmethod
-    def build(cls, cfg: Any, comm: Any, seed: int) -> tuple[RankGroups, Dataset, TrainModel]:
+    def build(cls, cfg: Any, comm: Any, seed: int, data: Any = None) -> tuple[RankGroups, Dataset, TrainModel]:
         groups = RankGroups(comm, cfg.train.data_parallel, cfg.train.batch_size)
-        dataset = load_dataset(cfg.data, cfg.network)
-        return groups, dataset, TrainModel(cfg, groups.layer_comm, seed)
+        dataset = load_dataset(cfg.data, cfg.network, data)
+        return groups, dataset, TrainModel(cfg, groups.layer_comm, seed, probe=dataset.train_x[:1])
 
     def __init__(self, cfg: Any, prepared: tuple[RankGroups, Dataset, TrainModel]) -> None:
         self.cfg, t = cfg, cfg.train
         self.groups, self.dataset, self.model = prepared
-        dtype = self.model.module.spec.torch_dtype
+        dtype = self.model.dtype
         self.train_x, self.val_x = self.dataset.train_x.to(dtype), self.dataset.val_x.to(dtype)
         self.names = [name for name, _ in self.model.named_parameters()]
         self.params = [p for _, p in self.model.named_parameters()]

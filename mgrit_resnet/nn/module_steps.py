@@ -1,0 +1,192 @@
+"""A network of user blocks ``x_{n+1} = x_n + h f_n(x_n)`` as MGRIT problems: steps and adjoint steps by autograd.
+
+The twins of :class:`~mgrit_resnet.nn.propagators.ForwardProblem` and
+:class:`~mgrit_resnet.nn.propagators.AdjointProblem` for any residual branch
+``f_n`` (an ``nn.Module``), with no hand-written derivative:
+
+- a fine forward step records a small graph: the input ``x_n`` (detached,
+  ``requires_grad``), ``f_n(x_n)`` and the step ``torch.add(x_n, f_n(x_n), alpha=h)``;
+  each layer keeps the graph of its *last* fine evaluation (see the
+  propagators' docstring for why that is the one the gradient needs).
+  Coarse forward steps ``x + dT f_{n0}(x)`` run without a graph.
+- a fine adjoint step into layer ``n`` differentiates the recorded *step*
+  with the output gradient ``lambda``: that is, kernel for kernel and in the
+  same order, what autograd does for the serial network (``lambda * h`` into
+  ``f_n``'s backward, then ``lambda`` and the contributions of ``f_n`` summed
+  in ``x_n``'s input buffer), so one level is bitwise serial autograd even for
+  a block that reads its input more than once. A coarse adjoint step
+  differentiates the recorded ``f_n`` with ``lambda * dT`` and adds ``lambda``.
+- parameter gradients: with one level (every layer visited once) computed in
+  the same backward call; with several levels only ``lambda`` is kept at each
+  fine visit, and the parameter gradients are taken once, from the last one,
+  by :meth:`ModuleAdjoint.parameter_grads` (fine visits then skip the
+  weight-gradient kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .partition import WEIGHT_TAG, owner_of_layer
+from .user import flat_buffer, load_flat, module_nbytes
+
+
+def trainable(block: nn.Module) -> list[nn.Parameter]:
+    """The block's parameters that receive gradients, in ``parameters()`` order."""
+    return [p for p in block.parameters() if p.requires_grad]
+
+
+class ModuleForward:
+    """Forward propagation through the blocks in ``blocks`` (layer index -> module).
+
+    With ``record`` (a training call) every fine step keeps its graph for the
+    adjoint; without it (``predict``) no step does.
+    """
+
+    def __init__(self, x0: torch.Tensor, blocks: dict[int, nn.Module], h: float, depth: int, record: bool = True) -> None:
+        self.x0 = x0
+        self.weights = blocks
+        self.h = h
+        self.n_steps = depth
+        self.record = record
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def initial_value(self) -> torch.Tensor:
+        return self.x0
+
+    def step(self, u: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
+        block = self.weights[start]
+        if level == 0 and self.record:
+            with torch.enable_grad():
+                x = u.detach().requires_grad_()
+                f = block(x)
+                out = torch.add(x, f, alpha=self.h)  # as ODEResNet, bitwise
+            self.saved[start] = (x, f, out)
+            return out.detach()
+        with torch.no_grad():
+            return torch.add(u, block(u), alpha=(stop - start) * self.h)
+
+
+class ModuleAdjoint:
+    """Adjoint propagation, backwards through the layers of a finished :class:`ModuleForward`.
+
+    ``one_level``: compute the parameter gradients in every fine step (each
+    layer is visited once); otherwise keep ``lambda`` and take them at the end.
+    """
+
+    def __init__(self, terminal: torch.Tensor, forward: ModuleForward, one_level: bool = True) -> None:
+        self.terminal = terminal
+        self.forward = forward
+        self.n_steps = forward.n_steps
+        self.one_level = one_level
+        self.lam: dict[int, torch.Tensor] = {}
+        self.grads: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def initial_value(self) -> torch.Tensor:
+        return self.terminal
+
+    def step(self, lam: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
+        fwd = self.forward
+        layer = fwd.n_steps - stop
+        x, f, out = fwd.saved[layer]
+        if level == 0:
+            if self.one_level:
+                params = trainable(fwd.weights[layer])
+                got = torch.autograd.grad(out, (x, *params), lam, retain_graph=True, allow_unused=True)
+                self.grads[layer] = tuple(_zeros_if_none(g, p) for g, p in zip(got[1:], params))
+                return _zeros_if_none(got[0], x)
+            self.lam[layer] = lam
+            (gx,) = torch.autograd.grad(out, (x,), lam, retain_graph=True)
+            return gx
+        (gx,) = torch.autograd.grad(f, (x,), lam * ((stop - start) * fwd.h), retain_graph=True, allow_unused=True)
+        return lam.clone() if gx is None else lam + gx
+
+    def parameter_grads(self, layer: int) -> tuple[torch.Tensor, ...]:
+        """The gradients of ``layer``'s trainable parameters from the last fine-level adjoint step through it."""
+        if layer in self.grads:
+            return self.grads[layer]
+        x, f, out = self.forward.saved[layer]
+        params = trainable(self.forward.weights[layer])
+        if not params:
+            return ()
+        got = torch.autograd.grad(out, params, self.lam[layer], retain_graph=True, allow_unused=True)
+        return tuple(_zeros_if_none(g, p) for g, p in zip(got, params))
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+class ModuleSteps:
+    """User blocks as MGRIT problems: what travels, what is trained, the problem pair.
+
+    Parameters
+    ----------
+    make
+        ``make(layer) -> nn.Module``: the block of ``layer`` as every rank
+        builds it (seeded, converted); rebuilds the blocks borrowed from other ranks.
+    depth, t_final
+        ``N`` and ``T``; every layer is a step of ``h = T / N``.
+    """
+
+    ops = None
+
+    def __init__(self, make: Callable[[int], nn.Module], depth: int, t_final: float) -> None:
+        self.make = make
+        self.depth = depth
+        self.h = t_final / depth
+        self._borrowed: dict[int, nn.Module] = {}
+
+    def own(self, layer: nn.Module) -> nn.Module:
+        """What the forward steps use of one of this rank's layers: the block itself (its fine steps record graphs)."""
+        return layer
+
+    def parameters(self, layer: nn.Module) -> list[nn.Parameter]:
+        """The parameters of a block whose gradients the adjoint returns, in the order of :meth:`ModuleAdjoint.parameter_grads`."""
+        return trainable(layer)
+
+    def fetch(self, backend: Any, plan: list[list[int]], layer_bounds: list[int], own: dict, device: torch.device) -> tuple[dict, int]:
+        """Collective: ``own`` with the other ranks' blocks this rank's coarse steps use (``plan[rank]``), and the bytes sent.
+
+        Every rank sends each of its blocks that another rank's plan names as
+        one flat host buffer of its parameters and buffers; the receiver
+        builds the block once with the same factory and loads every received
+        buffer into it.
+        """
+        blocks = dict(own)
+        me = backend.rank
+        if backend.size == 1 or not any(plan):
+            return blocks, 0
+        mine = range(layer_bounds[me], layer_bounds[me + 1])
+        before = backend.bytes_sent
+        requests, incoming = [], []
+        for rank, layers in enumerate(plan):
+            for n in layers:
+                if rank != me and n in mine:
+                    flat = flat_buffer(own[n])
+                    requests.append((backend.isend(flat, rank, WEIGHT_TAG), flat))
+        for n in plan[me]:
+            block = self._borrowed.get(n)
+            if block is None:
+                block = self._borrowed[n] = self.make(n).requires_grad_(False)
+            buffer = torch.empty(module_nbytes(block), dtype=torch.uint8)
+            incoming.append((n, block, buffer, backend.irecv(buffer, owner_of_layer(n, layer_bounds), WEIGHT_TAG)))
+        for n, block, buffer, request in incoming:
+            request.Wait()
+            load_flat(block, buffer)
+            blocks[n] = block
+        for request, _ in requests:
+            request.Wait()
+        return blocks, backend.bytes_sent - before
+
+    def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ModuleForward:
+        """Forward propagation of ``x0``; ``record``: keep each layer's graph for the adjoint."""
+        return ModuleForward(x0, weights, self.h, self.depth, record)
+
+    def adjoint_problem(self, terminal: torch.Tensor, forward: ModuleForward, one_level: bool) -> ModuleAdjoint:
+        """Adjoint propagation through ``forward``'s recorded graphs."""
+        return ModuleAdjoint(terminal, forward, one_level)
