@@ -8,7 +8,8 @@
 #
 # Resumable: the run goes to runs/peaks-slurm (not to a folder per job id).
 # Submitted again (after hitting the time limit, say), the script finds its
-# checkpoint and adds --resume; any number of ranks can resume it.
+# checkpoint and adds --resume; any number of ranks can resume it. A folder
+# without a checkpoint (a job killed before its first epoch ended) is started over (--force).
 #
 # Settings (environment variables; arguments after the script go to `train`):
 #   CONFIG    the config file (default examples/peaks.toml)
@@ -57,10 +58,13 @@ if [ "$RANKS" != "$NTASKS" ]; then
 fi
 
 RESUME=()
+NOTE=""
 if [ -f "$OUT/checkpoint.pt" ]; then
-    RESUME=(--resume)
+    RESUME=(--resume); NOTE=" (resuming)"
+elif [ -d "$OUT" ]; then
+    RESUME=(--force); NOTE=" (starting over: no checkpoint)"    # a job killed before its first checkpoint
 fi
-say "job ${SLURM_JOB_ID:-local}: $NTASKS ranks via $LAUNCHER, $CONFIG -> $OUT${RESUME[*]:+ (resuming)}"
+say "job ${SLURM_JOB_ID:-local}: $NTASKS ranks via $LAUNCHER, $CONFIG -> $OUT$NOTE"
 "${LAUNCH[@]}" "$VENV/bin/mgrit-resnet" train "$CONFIG" \
     --set network.depth=256 --set mgrit.levels=3 --set mgrit.coarsening=4 "$@" \
     --out "$OUT" ${RESUME[@]+"${RESUME[@]}"}

@@ -301,4 +301,4 @@ def test_prepared_and_data_together_is_an_error(npz):
 
 
 def strip(row):
-    return {k: v for k, v in row.items() if "time" not in k}
+    return {k: v for k, v in row.items() if "time" not in k and k != "provenance"}  # provenance: when and from what config

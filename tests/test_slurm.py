@@ -61,3 +61,13 @@ def test_a_launcher_that_does_not_match_mpi4py_is_stopped(tmp_path):
     assert proc.returncode == 2
     assert "slurm_peaks.sh: mpiexec started 2 processes, but mgrit-resnet saw 'ranks 1' in them:" in proc.stderr
     assert not (tmp_path / "runs" / "peaks-slurm").exists()
+
+
+@pytest.mark.mpi
+def test_a_job_killed_before_its_first_checkpoint_is_started_over(tmp_path):
+    out = tmp_path / "runs" / "peaks-slurm"
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("")  # what a job killed in its first epoch leaves
+    proc = sbatch_like(tmp_path, *TINY, "--set", "train.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"-> {out} (starting over: no checkpoint)" in proc.stderr and (out / "checkpoint.pt").is_file()

@@ -133,6 +133,8 @@ for name, rows in curves.items():
     epochs = [r["epoch"] for r in rows]
     loss_ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label=name)
     acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], "o-", label=name)
+for ax in (loss_ax, acc_ax):
+    ax.set_xticks(epochs)
 loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
 acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="accuracy", ylim=(0, 1))
 acc_ax.legend()

@@ -9,7 +9,8 @@ adding a verb is one module and one line there.
 
 Every verb runs unchanged under ``mpiexec -n P``; only rank 0 prints and
 writes files. Bad input (and an output that cannot be written) ends every rank
-with exit code 2 and one message; Ctrl-C ends with exit code 130 and one line;
+with exit code 2 and one message; training that diverges (a NaN or infinite
+loss) with exit code 3 and one message; Ctrl-C ends with exit code 130 and one line;
 an unexpected exception on any rank aborts all of them, its one-line reason first.
 
 The options before the verb apply to every verb: ``--version``, ``-q``
@@ -34,6 +35,7 @@ from . import _common, compare, info, plot, predict, solve, sweep, train, tune, 
 from ._common import OutputError, Parser
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # training stopped at a NaN or infinite loss; the last good checkpoint is kept
 EXIT_INTERRUPTED = 130  # the shell's code for a job ended by SIGINT (128 + 2)
 
 # The verbs in the order ``--help`` lists them. Their modules import torch,
@@ -151,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as error:  # raised on rank 0, the one that writes
         _say(0, f"mgrit-resnet: error: {error}")
         return EXIT_BAD_INPUT
+    except RuntimeError as error:
+        from ..training.errors import TrainingDiverged
+
+        if not isinstance(error, TrainingDiverged):
+            raise
+        _say(rank, f"mgrit-resnet: error: {error}")  # raised on every rank alike
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         return _interrupted(comm, rank)
 

@@ -119,6 +119,35 @@ def check_output(option: str, path: str | Path | None, folder: bool = False) -> 
         raise ValueError(f"{option}: cannot create {str(path)!r}: {str(existing)!r} is not a writable folder")
 
 
+def check_previous_run(out: str | Path | None, markers: tuple[str, ...], force: bool, keep: str = "") -> None:
+    """Refuse an output folder ``out`` that holds a previous run (any of the files ``markers``) unless ``force``.
+
+    Parameters
+    ----------
+    out
+        The ``--out`` folder, or ``None`` (nothing written: passes).
+    markers
+        File names that only a run writes there.
+    force
+        ``--force`` was given: the run will be replaced.
+    keep
+        How to continue the run instead (``"--resume to continue it"``), for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the folder, the files found and the options.
+    """
+    if out is None or force or not Path(out).is_dir():
+        return
+    found = [name for name in markers if (Path(out) / name).exists()]
+    if found:
+        instead = f"{keep}, " if keep else ""
+        raise ValueError(
+            f"--out: {str(out)!r} holds a previous run ({', '.join(found)}); give {instead}--force to replace it, or another --out"
+        )
+
+
 class OutputError(Exception):
     """A file could not be written (a full disk, a folder removed under the run, ...); the message names it."""
 

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..comm.provenance import now, provenance
 from ..config import STRATEGIES, ConfigError, load_config, parse_overrides
 from ._common import (
     add_config_arguments,
     atomic_output,
     check_config_file,
     check_output,
+    check_previous_run,
     reporting_write_errors,
     world_size,
     write_json,
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, from {', '.join(STRATEGIES)} (default %(default)s)",
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (compare.md, compare.csv, compare.json, compare.png)")
+    parser.add_argument("--force", action="store_true", help="replace the comparison that DIR holds")
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -63,6 +66,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     configs = {name: load_config(args.config, {**overrides, "train.strategy": name}) for name in names}
     out = None if args.out is None else Path(args.out)
     check_output("--out", out, folder=True)
+    check_previous_run(out, ("compare.json", "compare.md", "compare.csv"), args.force)
     for cfg in configs.values():
         check(cfg, world_size(comm))  # every strategy checked before any runs; nothing is built here
     compare.warm_up()
@@ -70,8 +74,10 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     def run() -> int:
         results = []
         for cfg in configs.values():
+            started = now()
             with training_progress(rank, cfg.train.epochs, f"compare {cfg.train.strategy}") as (on_step, on_epoch):
                 results.append(compare.measure(cfg, comm, on_step, on_epoch))
+            results[-1]["provenance"] = provenance(cfg, world_size(comm), started)
         if rank == 0:
             table = compare.markdown_table(results)
             print(table)

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from ..comm.provenance import now, provenance
 from ._common import (
     add_config_arguments,
     check_output,
@@ -65,6 +66,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     beta = perfmodel.CLUSTER_NETWORK[1] if args.beta is None else args.beta
 
     def run() -> int:
+        started = now()
         from ..comm import backend_for
         from ..comm.clocked import measure_network
 
@@ -80,6 +82,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         print(perfmodel.format_table(rows))
         document = {"of": args.of, "network": {"alpha": network[0], "beta": network[1]}, "calibration": calibration.as_dict()}
         document["rows"] = [row.as_dict() for row in rows]
+        document["provenance"] = provenance(cfg, world_size(comm), started)
         write_json(args.json, document, rank)
         if args.out:
             from ..studies.plot import plot_scaling

@@ -11,9 +11,10 @@ from typing import Any
 
 from .. import comm as comm_module
 from .. import problems, theory
+from ..comm.provenance import now, provenance
 from ..config import Config, ConfigError, parse_overrides
 from ..mgrit import MGRIT, check_coarse_grid
-from ._common import add_config_arguments, check_output, load, progress, reporting_write_errors, write_json
+from ._common import add_config_arguments, check_output, load, progress, reporting_write_errors, world_size, write_json
 
 HELP = "run MGRIT on the [problem] of CONFIG with the [mgrit] options"
 
@@ -46,9 +47,11 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     check_coarse_grid(cfg.mgrit, problem.n_steps, "problem.n_steps")  # the rule train has: no silent one-level solve
 
     def run() -> int:
+        started = now()
         with progress(rank, solver.max_iter, "MGRIT", "it") as bar:
             result = solver.solve(callback=lambda iteration, residual: bar.goto(iteration, residual=f"{residual:.3e}"))
         document = result.to_json()
+        document["provenance"] = provenance(cfg, world_size(comm), started)
         if clocked is not None:
             from ..comm.clocked import virtual_time
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._common import add_config_arguments, check_output, format_residual, load, progress, world_size
+from ._common import add_config_arguments, check_output, check_previous_run, format_residual, load, progress, world_size
 
 HELP = "train the [network] on the [data] with the [train] strategy"
 
@@ -18,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, config.toml, checkpoint.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    parser.add_argument("--force", action="store_true", help="start over in DIR, replacing the run it holds")
 
 
 def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
@@ -30,13 +32,22 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     out = None if args.out is None else Path(args.out)
     if args.resume and out is None:
         raise ValueError(RESUME_NEEDS_OUT)
+    if args.resume and args.force:
+        raise ValueError("--resume continues the run in --out and --force replaces it: give one of them")
     check_output("--out", out, folder=True)
+    if not args.resume:
+        check_previous_run(out, ("metrics.jsonl", "checkpoint.pt"), args.force, "--resume to continue it")
     check(cfg, world_size(comm))
     prepared = build(cfg, comm, resume_from=out / "checkpoint.pt" if args.resume else None)
 
     def run() -> int:
+        if out is None and rank == 0:
+            print("mgrit-resnet: note: no --out, so nothing of this run is saved (no checkpoint, metrics or summary)", file=sys.stderr)
         if out is not None and rank == 0:
             out.mkdir(parents=True, exist_ok=True)
+            if args.force:  # start over: nothing of the replaced run may be taken for this one's
+                for name in ("checkpoint.pt", "summary.json", "metrics.jsonl"):
+                    (out / name).unlink(missing_ok=True)
         if comm is not None:
             comm.Barrier()  # the folder exists before anyone needs it
         with training_progress(rank, cfg.train.epochs, f"train {cfg.train.strategy}") as (on_step, on_epoch):

@@ -11,7 +11,8 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_config_arguments, check_output, load, parse_int_list, progress, reporting_write_errors, write_json
+from ..comm.provenance import now, provenance
+from ._common import add_config_arguments, check_output, load, parse_int_list, progress, reporting_write_errors, world_size, write_json
 
 HELP = "MGRIT hierarchies for a one-shot training step: predicted time at P ranks against measured gradient error"
 DEFAULT_LEVELS = "2,3,4"
@@ -65,6 +66,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
             raise ValueError(f"--ranks {ranks}: {error}") from None
 
     def run() -> int:
+        started = now()
         if rank != 0:
             return 0
         with progress(rank, len(hierarchies) * (args.rounds + 1), "tune", "run") as bar:  # rounds calibrations + one measurement each
@@ -84,6 +86,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
             print(f"< fastest with gradient error <= {args.max_error:g}: {options}")
         document = {"ranks": ranks, "max_error": args.max_error, "rows": [r.as_dict() for r in rows]}
         document["recommended"] = None if chosen is None else chosen.as_dict()
+        document["provenance"] = provenance(cfg, world_size(comm), started)
         write_json(args.json, document, rank)
         if args.out:
             from ..studies.plot import plot_tune

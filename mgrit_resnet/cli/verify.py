@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._checks import check_float, check_int
+from ..comm.provenance import now, provenance
 from ..config import callable_name
 from ._common import add_config_arguments, check_output, load, write_json
 
@@ -57,6 +58,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     backend = comm_module.backend_for(comm)
 
     def run() -> int:
+        started = now()
         if samples is None:
             spec = NetworkSpec.from_config(n)
             generator = torch.Generator().manual_seed(cfg.data.seed)
@@ -87,6 +89,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
                 "forward_iterations": parallel.stats.forward["iterations"],
                 "adjoint_iterations": parallel.stats.adjoint["iterations"],
                 "passed": out_diff <= tol and diffs[worst] <= tol,
+                "provenance": provenance(cfg, backend.size, started),
             }
             _print(cfg, report)
             write_json(args.json, report, rank)

@@ -13,6 +13,36 @@ import torch
 from ..config import LOCAL_STRATEGIES, WHOLE_NETWORK_STRATEGIES
 
 FORMAT = 1
+MODE = 0o644
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_orphans(folder: Path, name: str = "checkpoint.pt") -> list[Path]:
+    """Remove the temporary files (``.checkpoint.pt.*.tmp``) that a kill during :func:`save_atomically` left in ``folder``.
+
+    Call it only where no other run writes into ``folder``. Returns the files removed.
+    """
+    removed = []
+    for orphan in Path(folder).glob(f".{name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
+        removed.append(orphan)
+    return removed
+
+
+def all_finite(state: Any) -> bool:
+    """Whether every floating-point tensor in ``state`` (nested dicts, lists and tuples) is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(all_finite(v) for v in state)
+    return True
 
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
@@ -27,6 +57,7 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
             torch.save(dict(payload, format=FORMAT), f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, MODE & ~_umask())  # mkstemp makes 0600; the other outputs are 0644 (less the umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,6 +70,18 @@ def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
     With ``mmap`` the tensors stay on disk until read: a cheap check of a large checkpoint.
     """
     path = Path(path)
+    payload = read(path, mmap)
+    if ("heads" in payload) != local:
+        written = f"train.strategy = {payload['strategy']!r}" if "strategy" in payload else "another kind of training"
+        names = LOCAL_STRATEGIES if local else WHOLE_NETWORK_STRATEGIES
+        wanted = ", ".join(names[:-1]) + " or " + names[-1]
+        raise ValueError(f"--resume: {str(path)!r} was written by {written}; this run resumes {wanted} checkpoints only")
+    return payload
+
+
+def read(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path`` of this version, of any kind of training; ``ValueError`` for a missing or damaged file."""
+    path = Path(path)
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
     try:
@@ -47,9 +90,4 @@ def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
         raise ValueError(f"--resume: cannot read {str(path)!r} as a checkpoint: damaged, or not written by mgrit-resnet train") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
-    if ("heads" in payload) != local:
-        written = f"train.strategy = {payload['strategy']!r}" if "strategy" in payload else "another kind of training"
-        names = LOCAL_STRATEGIES if local else WHOLE_NETWORK_STRATEGIES
-        wanted = ", ".join(names[:-1]) + " or " + names[-1]
-        raise ValueError(f"--resume: {str(path)!r} was written by {written}; this run resumes {wanted} checkpoints only")
     return payload

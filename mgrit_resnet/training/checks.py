@@ -33,7 +33,7 @@ _NUMBERS, _LABELS = "iuf", "iufb"  # numpy dtype kinds the inputs and the labels
 def check(cfg: Any, ranks: int, data_given: bool = False) -> None:
     """Raise ``ValueError`` saying why ``cfg`` cannot train on ``ranks`` ranks, if it cannot.
 
-    Checks that ``train.data_parallel`` divides ``ranks`` and is at most
+    Checks that ``train.batch_size`` is at most ``data.n_train``, that ``train.data_parallel`` divides ``ranks`` and is at most
     ``train.batch_size``; for ``exact`` and ``one_shot`` that ``network.depth``
     gives every layer-rank a layer and that ``[mgrit]`` builds a hierarchy on
     it; for ``lbfgs`` its conditions (and that petsc4py is there: ImportError
@@ -54,6 +54,11 @@ def check(cfg: Any, ranks: int, data_given: bool = False) -> None:
     t = cfg.train
     if not data_given:
         check_data(cfg.data.as_dict(), cfg.network.as_dict())
+    if t.batch_size > cfg.data.n_train:
+        raise ValueError(
+            f"train.batch_size = {t.batch_size} is larger than the training set (data.n_train = {cfg.data.n_train}): "
+            f"allowed: train.batch_size <= {cfg.data.n_train} (equal to it for full-batch steps)"
+        )
     per_group = layer_ranks(ranks, t.data_parallel, t.batch_size)
     if t.strategy in LOCAL_STRATEGIES:
         if cfg.network.kind == "module":

@@ -263,6 +263,11 @@ class BlockWise(Strategy):
             )
         return saved
 
+    @classmethod
+    def full_shapes(cls, prepared: tuple[LocalTrainer, Dataset]) -> dict[str, tuple[int, ...]]:
+        network, heads = prepared[0].full_state()
+        return {name: tuple(t.shape) for name, t in (network | heads).items()}
+
     def __init__(self, cfg: Any, prepared: tuple[LocalTrainer, Dataset]) -> None:
         self.cfg, t = cfg, cfg.train
         self.trainer, self.dataset = prepared

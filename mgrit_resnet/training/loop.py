@@ -8,14 +8,17 @@ epoch plan and owns what is the same for all of them: resume, ``config.toml``,
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..comm.provenance import now, plain_config, provenance
 from ..config import callable_name, is_toml, toml_key, toml_value
 from . import checkpoint
+from .errors import TrainingDiverged
 from .registry import strategy_class
 from .strategy import Strategy
 
@@ -96,10 +99,13 @@ def train(
     """
     if resume and out is None:
         raise ValueError(RESUME_NEEDS_OUT)
+    start_time = now()
     if prepared is not None and data is not None:
         raise ValueError("train: give data to prepare(), not beside prepared (the prepared run holds its data already)")
     kind = strategy_class(cfg.train.strategy)
-    run = kind(cfg, prepared if prepared is not None else kind.prepare(cfg, comm, data=data))
+    if prepared is None:
+        prepared = kind.prepare(cfg, comm, resume_from=Path(out) / "checkpoint.pt" if resume else None, data=data)
+    run = kind(cfg, prepared)
     data_given = run.dataset.name == "given"
     world, out = run.groups.world, None if out is None else Path(out)
     metrics: list[dict[str, Any]] = []
@@ -112,9 +118,18 @@ def train(
         start_output(out, cfg, metrics, data_given)
 
     started = time.perf_counter() - elapsed
+
+    def diverged(row: int, step: int | None, loss: float | None) -> TrainingDiverged:
+        run.close()
+        return TrainingDiverged(row + 1, step, loss, len(metrics) if out is not None else 0, None if out is None else str(out))
+
     for row in range(len(metrics), len(run.plan)):
         epoch_start, bytes_before = time.perf_counter(), run.bytes_sent
+        step = None
         for step, info in enumerate(run.train_epoch(row), 1):
+            # a whole network's step loss is the same on every rank; a block-wise one is this rank's (checked below)
+            if not run.blockwise and not math.isfinite(info["loss"]):
+                raise diverged(row, step, info["loss"])
             if on_step is not None:
                 on_step({"epoch": row + 1, "epochs": len(run.plan), "step": step, "steps": run.steps, **info})
         metric = {
@@ -126,11 +141,16 @@ def train(
         }
         metric["epoch_time"] = max(world.allgather(metric["epoch_time"]))
         metric["bytes_sent"] = world.allgather(metric["bytes_sent"])
+        bad = non_finite_loss(metric)  # from sums over every rank: the same everywhere
+        if bad is not None:
+            raise diverged(row, step, bad)
         metrics.append(metric)
         if on_epoch is not None:
             on_epoch(metric)
-        if out is not None:  # the same on every rank: no checkpoint, so none of its gathers
-            save(out, run, cfg.train.strategy, metrics, time.perf_counter() - started)
+        # the same on every rank: no checkpoint, so none of its gathers
+        if out is not None and not save(out, run, cfg, metrics, time.perf_counter() - started):
+            metrics.pop()
+            raise diverged(row, step, None)
 
     train_accuracy, val_accuracy, extra = run.final()
     summary = {
@@ -144,6 +164,7 @@ def train(
         "strategy": cfg.train.strategy,
         "owned_layers": world.allgather([run.owned_layers.start, run.owned_layers.stop]),
         **extra,
+        "provenance": provenance(cfg, run.groups.size, start_time),
     }
     run.close()
     if out is not None and run.groups.rank == 0:
@@ -151,23 +172,43 @@ def train(
     return TrainResult(summary, metrics)
 
 
-def save(out: Path, run: Strategy, strategy: str, metrics: list[dict[str, Any]], wall_time: float) -> None:
+def non_finite_loss(metric: dict[str, Any]) -> float | None:
+    """The first NaN or infinite training loss of an epoch's metrics row (whole and per block), or ``None``."""
+    losses = [metric.get("train_loss")] + list(metric.get("block_train_loss") or [])
+    return next((v for v in losses if v is not None and not math.isfinite(v)), None)
+
+
+def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall_time: float) -> bool:
     """Collective: ``out/checkpoint.pt`` written atomically by rank 0, then the last metrics row appended to ``metrics.jsonl``.
 
-    A row is in ``metrics.jsonl`` only once the checkpoint that holds it is on disk.
+    A row is in ``metrics.jsonl`` only once the checkpoint that holds it is on
+    disk. Returns ``False`` on every rank, writing nothing, when a tensor of the
+    state is not finite: the last good checkpoint stays.
     """
     state = run.state()
+    finite = state is None or checkpoint.all_finite(state)
+    if not run.groups.world.allgather(finite)[0]:
+        return False
     if run.groups.rank != 0:
-        return
-    payload = {"strategy": strategy, **state, "metrics": metrics, "epoch": len(metrics), "wall_time": wall_time}
+        return True
+    payload = {
+        "strategy": cfg.train.strategy,
+        **state,
+        "metrics": metrics,
+        "epoch": len(metrics),
+        "wall_time": wall_time,
+        "config": plain_config(cfg),
+    }
     checkpoint.save_atomically(payload, out / "checkpoint.pt")
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics[-1]) + "\n")
+    return True
 
 
 def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]], data_given: bool = False) -> None:
     """Create ``out`` with ``config.toml`` and a ``metrics.jsonl`` holding ``metrics`` (those of a resumed run); rank 0 only."""
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_orphans(out)
     write_config(cfg, out / "config.toml", data_given)
     with open(out / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(m) + "\n" for m in metrics)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..comm.groups import RankGroups
-from . import checkpoint
+from . import checkpoint, resume
 from .checks import check
 from .data import Dataset
 
@@ -73,13 +73,25 @@ class Strategy(ABC):
         Raises
         ------
         ValueError
-            On anything :func:`~.checks.check` refuses, or a checkpoint this run cannot continue.
+            On anything :func:`~.checks.check` refuses, or a checkpoint this run cannot continue: one whose
+            config differs in a key that may not change on resume (:func:`.resume.check_config`) or whose
+            tensors do not fit the model built (:func:`.resume.check_shapes`).
         """
         size = 1 if comm is None else comm.Get_size()
         check(cfg, size, data_given=data is not None)
+        saved = None
         if resume_from is not None:
-            cls.resumable(cfg, size // cfg.train.data_parallel, resume_from, mmap=True)
-        return cls.build(cfg, comm, cfg.train.seed if seed is None else seed, data)
+            saved = cls.resumable(cfg, size // cfg.train.data_parallel, resume_from, mmap=True)
+            resume.check_config(cfg, saved, resume_from, cls.blockwise)
+        prepared = cls.build(cfg, comm, cfg.train.seed if seed is None else seed, data)
+        if saved is not None:
+            resume.check_shapes(saved, cls.full_shapes(prepared), resume_from)
+        return prepared
+
+    @classmethod
+    @abstractmethod
+    def full_shapes(cls, prepared: tuple) -> dict[str, tuple[int, ...]]:
+        """Collective: name -> shape of every tensor of the whole model that :meth:`build` made (as a checkpoint holds them)."""
 
     @classmethod
     @abstractmethod

@@ -45,6 +45,10 @@ class WholeNetwork(Strategy):
         dataset = load_dataset(cfg.data, cfg.network, data)
         return groups, dataset, TrainModel(cfg, groups.layer_comm, seed, probe=dataset.train_x[:1])
 
+    @classmethod
+    def full_shapes(cls, prepared: tuple[RankGroups, Dataset, TrainModel]) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in prepared[2].full_state_dict().items()}
+
     def __init__(self, cfg: Any, prepared: tuple[RankGroups, Dataset, TrainModel]) -> None:
         self.cfg, t = cfg, cfg.train
         self.groups, self.dataset, self.model = prepared
