@@ -525,3 +525,45 @@ def validate_section(name: str, table: Any) -> dict[str, Any]:
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
     return values
+
+
+def config_text(config: Config, key_notes: Mapping[str, str] | None = None, section_notes: Mapping[str, str] | None = None) -> str:
+    """``config`` as TOML text that :func:`load_config` reads back to the same config.
+
+    A table value (``network.options``) becomes its own table (``[network.options]``);
+    what TOML cannot hold (a ``network.module`` given from Python as a function,
+    an option that is a Python object) is written as text, or as a comment, saying so.
+
+    Parameters
+    ----------
+    config
+        A validated config.
+    key_notes
+        Dotted key -> a comment written at the end of the key's line (e.g. where its value came from).
+    section_notes
+        Section -> a comment written under the section's header.
+    """
+    key_notes, section_notes = key_notes or {}, section_notes or {}
+    lines = []
+    for section, values in config.as_dict().items():
+        lines.append(f"[{section}]")
+        if section in section_notes:
+            lines.append(f"# {section_notes[section]}")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            note = key_notes.get(f"{section}.{key}")
+            if callable(value):
+                text = f"{key} = {toml_value(callable_name(value))}  # given from Python as a function; this names it"
+            else:
+                text = f"{key} = {toml_value(value)}"
+            lines.append(text if note is None else f"{text:<40}  # {note}")
+        for key, table in ((k, v) for k, v in values.items() if isinstance(v, dict)):
+            lines += ["", f"[{section}.{toml_key(key)}]"]
+            for name, value in table.items():
+                if is_toml(value):
+                    lines.append(f"{toml_key(name)} = {toml_value(value)}")
+                else:
+                    lines.append(f"# {toml_key(name)} = {value!r:.200}  (given from Python; not a TOML value)")
+        lines.append("")
+    return "\n".join(lines)

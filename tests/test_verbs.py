@@ -23,7 +23,7 @@ def parser_verbs(parser):
 
 def test_the_registry_is_the_parsers_verbs_and_every_verb_module_has_its_parts():
     assert parser_verbs(build_parser()) == list(VERBS)
-    assert list(VERBS) == ["solve", "train", "compare", "sweep", "plot", "verify", "predict", "tune", "info"]
+    assert list(VERBS) == ["solve", "train", "compare", "sweep", "plot", "verify", "predict", "tune", "config", "info"]
     for name, verb in VERBS.items():
         assert verb.__name__ == f"mgrit_resnet.cli.{name}", "one module per verb, named after it"
         assert isinstance(verb.HELP, str) and verb.HELP

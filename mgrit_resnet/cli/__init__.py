@@ -1,6 +1,6 @@
 """The ``mgrit-resnet`` command line.
 
-Verbs: ``solve``, ``train``, ``compare``, ``sweep``, ``plot``, ``verify``, ``predict``, ``tune`` and ``info``.
+Verbs: ``solve``, ``train``, ``compare``, ``sweep``, ``plot``, ``verify``, ``predict``, ``tune``, ``config`` and ``info``.
 
 Every verb is one module of this package holding ``HELP`` (its line in
 ``mgrit-resnet --help``), ``add_arguments(parser)`` and ``prepare(args, comm, rank)``,
@@ -31,7 +31,7 @@ from typing import Any
 from .. import __version__
 from .. import comm as comm_module
 from ..config import ConfigError
-from . import _common, compare, info, plot, predict, solve, sweep, train, tune, verify
+from . import _common, compare, config, info, plot, predict, solve, sweep, train, tune, verify
 from ._common import OutputError, Parser
 
 EXIT_BAD_INPUT = 2
@@ -49,6 +49,7 @@ VERBS: dict[str, ModuleType] = {
     "verify": verify,
     "predict": predict,
     "tune": tune,
+    "config": config,
     "info": info,
 }
 

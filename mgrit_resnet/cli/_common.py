@@ -369,7 +369,8 @@ class Progress:
             self._log(time.monotonic())
 
     def _log(self, now: float) -> None:
-        print(self.line(now), file=sys.stderr, flush=True)
+        sys.stderr.write(self.line(now) + "\n")  # one write: a log that merges stdout and stderr keeps the line whole
+        sys.stderr.flush()
         self._last = now
         self._logged = (self.n, dict(self.fields))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..comm.provenance import now, plain_config, provenance
-from ..config import callable_name, is_toml, toml_key, toml_value
+from ..config import config_text
 from . import checkpoint
 from .errors import TrainingDiverged
 from .registry import strategy_class
@@ -217,28 +217,7 @@ def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]], data_given:
 def write_config(cfg: Any, path: Path, data_given: bool = False) -> None:
     """``cfg`` as a TOML file that :func:`~mgrit_resnet.load_config` reads back to the same config.
 
-    A table value (``network.options``) becomes its own table (``[network.options]``);
-    what TOML cannot hold (a ``network.module`` given from Python as a function,
-    an option that is a Python object) is written as text, or as a comment, saying so.
+    The text is :func:`~mgrit_resnet.config.config_text`'s; ``data_given`` notes that the run trained on data from Python.
     """
-    lines = []
-    for section, values in cfg.as_dict().items():
-        lines.append(f"[{section}]")
-        if section == "data" and data_given:
-            lines.append("# the run trained on data given from Python (train(..., data=...)), not on this [data] set")
-        for key, value in values.items():
-            if isinstance(value, dict):
-                continue
-            if callable(value):
-                lines.append(f"{key} = {toml_value(callable_name(value))}  # given from Python as a function; this names it")
-            else:
-                lines.append(f"{key} = {toml_value(value)}")
-        for key, table in ((k, v) for k, v in values.items() if isinstance(v, dict)):
-            lines += ["", f"[{section}.{toml_key(key)}]"]
-            for name, value in table.items():
-                if is_toml(value):
-                    lines.append(f"{toml_key(name)} = {toml_value(value)}")
-                else:
-                    lines.append(f"# {toml_key(name)} = {value!r:.200}  (given from Python; not a TOML value)")
-        lines.append("")
-    path.write_text("\n".join(lines))
+    notes = {"data": "the run trained on data given from Python (train(..., data=...)), not on this [data] set"} if data_given else {}
+    path.write_text(config_text(cfg, section_notes=notes))
