@@ -85,3 +85,25 @@ def _range_text(minimum: float | None, maximum: float | None) -> str:
     if maximum is not None:
         return f" <= {maximum}"
     return ""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``; ``None`` when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(needed: float, what: str, limit: int | None = None) -> None:
+    """Raise ``ValueError`` when ``needed`` bytes (an estimate, named by ``what``) exceed the memory available.
+
+    ``limit`` defaults to :func:`available_memory`; unknown memory checks nothing.
+    """
+    limit = available_memory() if limit is None else limit
+    if limit is not None and needed > limit:
+        raise ValueError(f"{what} needs about {needed / 2**30:.3g} GiB per rank; this machine has {limit / 2**30:.3g} GiB available")

