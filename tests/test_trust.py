@@ -196,3 +196,44 @@ def test_the_memory_check_names_what_sizes_the_run():
     check_memory(2**30, "a run", limit=2**31)
     with pytest.raises(ValueError, match=r"a run needs about 2 GiB per rank; this machine has 1 GiB available"):
         check_memory(2**31, "a run", limit=2**30)
+
+
+def test_a_full_disk_is_a_clear_error_that_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from mgrit_resnet.training import checkpoint
+    from mgrit_resnet.training.errors import OutputNotWritten
+
+    cfg = mr.load_config(ROOT / "examples" / "tiny_train.toml", {"train.epochs": 3})
+    out = tmp_path / "run"
+    real, calls = checkpoint.save_atomically, []
+
+    def fill_the_disk_at_epoch_2(payload, path):
+        calls.append(payload["epoch"])
+        if payload["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(payload, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomically", fill_the_disk_at_epoch_2)
+    with pytest.raises(
+        OutputNotWritten,
+        match=r"cannot write the checkpoint of epoch 2 to .*No space left on device; the last checkpoint \(epoch 1\) is kept",
+    ):
+        train(cfg, None, out)
+    assert calls == [1, 2]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / "summary.json").exists()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_summary_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+    from mgrit_resnet.training import checkpoint
+    from mgrit_resnet.training.errors import OutputNotWritten
+
+    def no_room(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_text_atomically", no_room)
+    cfg = mr.load_config(ROOT / "examples" / "tiny_train.toml", {"train.epochs": 1})
+    with pytest.raises(OutputNotWritten, match=r"summary.json: .*No space left on device; the checkpoint of epoch 1 is kept"):
+        train(cfg, None, tmp_path / "run")

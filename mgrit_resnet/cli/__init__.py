@@ -155,12 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(0, f"mgrit-resnet: error: {error}")
         return EXIT_BAD_INPUT
     except RuntimeError as error:
-        from ..training.errors import TrainingDiverged
+        from ..training.errors import OutputNotWritten, TrainingDiverged
 
-        if not isinstance(error, TrainingDiverged):
+        if not isinstance(error, (TrainingDiverged, OutputNotWritten)):
             raise
         _say(rank, f"mgrit-resnet: error: {error}")  # raised on every rank alike
-        return EXIT_DIVERGED
+        return EXIT_DIVERGED if isinstance(error, TrainingDiverged) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return _interrupted(comm, rank)
 

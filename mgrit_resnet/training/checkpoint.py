@@ -64,6 +64,22 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
         raise
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` as :func:`save_atomically` writes a checkpoint: whole, or not at all."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, MODE & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint at ``path``, checked to be of this version and of block-wise (``local``) or whole-network training.
 

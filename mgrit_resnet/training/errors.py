@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+class OutputNotWritten(RuntimeError):
+    """A file of the output folder could not be written (a full disk, a folder removed under the run); raised on every rank alike.
+
+    The checkpoint written before stays: a write replaces it only once the new one is whole on disk.
+    """
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss (or the trained parameters) became NaN or infinite; raised on every rank alike.
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..comm.provenance import now, plain_config, provenance
 from ..config import config_text
 from . import checkpoint
-from .errors import TrainingDiverged
+from .errors import OutputNotWritten, TrainingDiverged
 from .registry import strategy_class
 from .strategy import Strategy
 
@@ -167,8 +167,13 @@ def train(
         "provenance": provenance(cfg, run.groups.size, start_time),
     }
     run.close()
-    if out is not None and run.groups.rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out is not None:
+        written_by_rank0(
+            run.groups,
+            lambda: checkpoint.write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n"),
+            f"cannot write {out / 'summary.json'}",
+            f"the checkpoint of epoch {len(metrics)} is kept",
+        )
     return TrainResult(summary, metrics)
 
 
@@ -189,20 +194,36 @@ def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall
     finite = state is None or checkpoint.all_finite(state)
     if not run.groups.world.allgather(finite)[0]:
         return False
-    if run.groups.rank != 0:
-        return True
-    payload = {
-        "strategy": cfg.train.strategy,
-        **state,
-        "metrics": metrics,
-        "epoch": len(metrics),
-        "wall_time": wall_time,
-        "config": plain_config(cfg),
-    }
-    checkpoint.save_atomically(payload, out / "checkpoint.pt")
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(metrics[-1]) + "\n")
+
+    def write() -> None:  # on rank 0, which holds the whole state
+        payload = {
+            "strategy": cfg.train.strategy,
+            **state,
+            "metrics": metrics,
+            "epoch": len(metrics),
+            "wall_time": wall_time,
+            "config": plain_config(cfg),
+        }
+        checkpoint.save_atomically(payload, out / "checkpoint.pt")
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics[-1]) + "\n")
+
+    kept = f"the last checkpoint (epoch {len(metrics) - 1}) is kept" if len(metrics) > 1 else "no checkpoint was kept"
+    written_by_rank0(run.groups, write, f"cannot write the checkpoint of epoch {len(metrics)} to {out}", kept)
     return True
+
+
+def written_by_rank0(groups: Any, write: Callable[[], None], what: str, kept: str) -> None:
+    """Collective: ``write()`` on rank 0; if it fails, :class:`OutputNotWritten` on every rank (no rank is left waiting)."""
+    failure = None
+    if groups.rank == 0:
+        try:
+            write()
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            failure = f"{what}: {error}; {kept}"
+    failure = groups.world.allgather(failure)[0]
+    if failure is not None:
+        raise OutputNotWritten(failure)
 
 
 def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]], data_given: bool = False) -> None:
