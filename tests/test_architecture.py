@@ -14,7 +14,7 @@ PACKAGE = ROOT / "mgrit_resnet"
 
 # Bottom to top. Top-level modules are named by file; a folder's modules share its layer.
 LAYERS = [
-    ("base", {"_checks", "_arrays", "_petsc", "_descriptions", "_toml", "hierarchy", "result", "config"}),
+    ("base", {"_checks", "_arrays", "_petsc", "_descriptions", "_files", "_toml", "hierarchy", "result", "config"}),
     ("comm", {"comm"}),
     ("problems", {"problems"}),
     ("solver", {"mgrit", "theory"}),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_path
 from ..config import Config, ConfigError, load_config, parse_overrides
 
 
@@ -161,17 +162,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     On any error the temporary file is removed and ``path`` is left as it was;
     an ``OSError`` becomes an :class:`OutputError` ``cannot write PATH: ...``.
     """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield temporary
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            yield temporary
     except OSError as error:
         raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

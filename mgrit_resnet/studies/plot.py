@@ -8,11 +8,11 @@ failed write never leaves an empty or torn image.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_path
 from ..result import SolveResult
 
 DPI = 120
@@ -25,13 +25,11 @@ def _save(fig: Any, path: str | Path) -> Path:
 
     path = Path(path)
     fig.tight_layout()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(temporary, format=path.suffix[1:] or matplotlib.rcParams["savefig.format"], dpi=DPI, bbox_inches="tight")
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, format=path.suffix[1:] or matplotlib.rcParams["savefig.format"], dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        temporary.unlink(missing_ok=True)
     return path
 
 

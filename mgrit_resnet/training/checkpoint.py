@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._files import atomic_path
 from ..config import LOCAL_STRATEGIES, WHOLE_NETWORK_STRATEGIES
 
 FORMAT = 1
-MODE = 0o644
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def remove_orphans(folder: Path, name: str = "checkpoint.pt") -> list[Path]:
@@ -46,38 +38,18 @@ def all_finite(state: Any) -> bool:
 
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``.
+    """Write the checkpoint ``payload`` to ``path`` whole or not at all (:func:`~mgrit_resnet._files.atomic_path`).
 
     A crash leaves either the old checkpoint or the new one, never half of one.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload, format=FORMAT), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, MODE & ~_umask())  # mkstemp makes 0600; the other outputs are 0644 (less the umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(dict(payload, format=FORMAT), temporary)
 
 
 def write_text_atomically(path: Path, text: str) -> None:
     """``text`` into ``path`` as :func:`save_atomically` writes a checkpoint: whole, or not at all."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, MODE & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
 
 
 def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
