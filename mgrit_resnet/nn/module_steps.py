@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .partition import WEIGHT_TAG, owner_of_layer
+from .partition import exchange_foreign
 from .user import flat_buffer, load_flat, module_nbytes
 
 
@@ -158,30 +158,18 @@ class ModuleSteps:
         buffer into it.
         """
         blocks = dict(own)
-        me = backend.rank
-        if backend.size == 1 or not any(plan):
-            return blocks, 0
-        mine = range(layer_bounds[me], layer_bounds[me + 1])
-        before = backend.bytes_sent
-        requests, incoming = [], []
-        for rank, layers in enumerate(plan):
-            for n in layers:
-                if rank != me and n in mine:
-                    flat = flat_buffer(own[n])
-                    requests.append((backend.isend(flat, rank, WEIGHT_TAG), flat))
-        for n in plan[me]:
-            block = self._borrowed.get(n)
-            if block is None:
-                block = self._borrowed[n] = self.make(n).requires_grad_(False)
-            buffer = torch.empty(module_nbytes(block), dtype=torch.uint8)
-            incoming.append((n, block, buffer, backend.irecv(buffer, owner_of_layer(n, layer_bounds), WEIGHT_TAG)))
-        for n, block, buffer, request in incoming:
-            request.Wait()
-            load_flat(block, buffer)
-            blocks[n] = block
-        for request, _ in requests:
-            request.Wait()
-        return blocks, backend.bytes_sent - before
+
+        def incoming(n: int) -> torch.Tensor:
+            if n not in self._borrowed:
+                self._borrowed[n] = self.make(n).requires_grad_(False)
+            return torch.empty(module_nbytes(self._borrowed[n]), dtype=torch.uint8)
+
+        def arrived(n: int, buffer: torch.Tensor) -> None:
+            load_flat(self._borrowed[n], buffer)
+            blocks[n] = self._borrowed[n]
+
+        sent = exchange_foreign(backend, plan, layer_bounds, lambda n: flat_buffer(own[n]), incoming, arrived)
+        return blocks, sent
 
     def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ModuleForward:
         """Forward propagation of ``x0``; ``record``: keep each layer's graph for the adjoint."""

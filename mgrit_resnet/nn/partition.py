@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,35 +55,64 @@ def foreign_layers(hierarchy: Any, layer_bounds: list[int]) -> list[list[int]]:
     return needs
 
 
+def exchange_foreign(
+    backend: Any,
+    plan: list[list[int]],
+    layer_bounds: list[int],
+    outgoing: Callable[[int], torch.Tensor],
+    incoming: Callable[[int], torch.Tensor],
+    arrived: Callable[[int, torch.Tensor], None],
+) -> int:
+    """Collective: every rank sends the layers of its own that other ranks' plans name, and receives those its plan names.
+
+    Each layer travels as one flat host buffer: ``outgoing(n)`` makes it on the
+    owner, ``incoming(n)`` is the empty buffer it arrives in and ``arrived(n, buffer)``
+    takes it. Returns the bytes this rank sent.
+    """
+    me = backend.rank
+    if backend.size == 1 or not any(plan):
+        return 0
+    mine = range(layer_bounds[me], layer_bounds[me + 1])
+    before = backend.bytes_sent
+    sends = []
+    for rank, layers in enumerate(plan):
+        for n in layers:
+            if rank != me and n in mine:
+                flat = outgoing(n)
+                sends.append((backend.isend(flat, rank, WEIGHT_TAG), flat))  # the buffer lives until its send is done
+    receives = []
+    for n in plan[me]:
+        buffer = incoming(n)
+        receives.append((n, buffer, backend.irecv(buffer, owner_of_layer(n, layer_bounds), WEIGHT_TAG)))
+    for n, buffer, request in receives:
+        request.Wait()
+        arrived(n, buffer)
+    for request, _ in sends:
+        request.Wait()
+    return backend.bytes_sent - before
+
+
 def fetch_foreign_weights(
     backend: Any, plan: list[list[int]], layer_bounds: list[int], own: Weights, device: torch.device
 ) -> tuple[Weights, int]:
     """Collective: ``own`` with the layers of other ranks this rank's coarse steps use (``plan[rank]``), and the bytes sent.
 
-    Every rank sends each of its layers that another rank's plan names as one
-    flat host buffer (weight, then bias) and receives the ones its own plan names.
+    Each layer travels as one flat buffer, weight then bias (:func:`exchange_foreign`).
     """
     weights = dict(own)
-    me = backend.rank
-    if backend.size == 1 or not any(plan):
-        return weights, 0
-    mine = range(layer_bounds[me], layer_bounds[me + 1])
-    before = backend.bytes_sent
-    requests, incoming = [], []
-    for rank, layers in enumerate(plan):
-        for n in layers:
-            if rank != me and n in mine:
-                flat = torch.cat([t.reshape(-1) for t in own[n]]).cpu()
-                requests.append((backend.isend(flat, rank, WEIGHT_TAG), flat))
-    weight, bias = own[mine.start]
+    weight, bias = own[layer_bounds[backend.rank]]  # every rank holds a layer, and all have one shape
     w_shape, w_size = weight.shape, math.prod(weight.shape)
-    for n in plan[me]:
-        buffer = torch.empty(w_size + bias.numel(), dtype=weight.dtype)
-        incoming.append((n, buffer, backend.irecv(buffer, owner_of_layer(n, layer_bounds), WEIGHT_TAG)))
-    for n, buffer, request in incoming:
-        request.Wait()
+
+    def arrived(n: int, buffer: torch.Tensor) -> None:
         buffer = buffer.to(device)
         weights[n] = (buffer[:w_size].view(w_shape), buffer[w_size:])
-    for request, _ in requests:
-        request.Wait()
-    return weights, backend.bytes_sent - before
+
+    sent = exchange_foreign(
+        backend,
+        plan,
+        layer_bounds,
+        lambda n: torch.cat([t.reshape(-1) for t in own[n]]).cpu(),
+        lambda n: torch.empty(w_size + bias.numel(), dtype=weight.dtype),
+        arrived,
+    )
+    return weights, sent
