@@ -302,6 +302,8 @@ class MGRIT:
                 callback(1, 0.0)
         skip_relax = warm and not self.relax_warm_start
         while not sequential:
+            if iteration >= self.max_iter and not skip_relax:
+                self._announce_last_sweep()
             self._f_relax(fine, sweep=not skip_relax)
             skip_relax = False
             phi = self._probe(fine)
@@ -323,6 +325,11 @@ class MGRIT:
             else:
                 self._cycle(0, self.cycle, phi)
         return residuals, initial_residual, iteration, converged
+
+    def _announce_last_sweep(self) -> None:
+        announce = getattr(self._active, "last_sweep", None)
+        if announce is not None:
+            announce()
 
     def restart_states(self, result: SolveResult) -> list[Any | None]:
         """The part of ``result.states`` that a warm start of this solver reads; ``None`` elsewhere.

@@ -112,6 +112,7 @@ class LayerSolves:
             steps = BuiltinSteps(spec, spec.ops if hierarchy.n_levels == 1 else spec.fast_ops())
         else:
             steps = spec
+            steps.fast_vjp = hierarchy.n_levels > 1
         return cls(
             depth, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, steps,
             foreign_layers(hierarchy, layer_bounds), track_grad_error,

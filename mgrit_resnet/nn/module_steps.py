@@ -17,10 +17,14 @@ The twins of :class:`~mgrit_resnet.nn.propagators.ForwardProblem` and
   a block that reads its input more than once. A coarse adjoint step
   differentiates the recorded ``f_n`` with ``lambda * dT`` and adds ``lambda``.
 - parameter gradients: with one level (every layer visited once) computed in
-  the same backward call; with several levels only ``lambda`` is kept at each
-  fine visit, and the parameter gradients are taken once, from the last one,
-  by :meth:`ModuleAdjoint.parameter_grads` (fine visits then skip the
-  weight-gradient kernels).
+  the same backward call; with several levels, in the same call too during
+  the fine sweep that the solver announces as its last (a fixed iteration
+  count: one-shot), and otherwise taken once, from the ``lambda`` of the last
+  fine visit, by :meth:`ModuleAdjoint.parameter_grads` (earlier fine visits
+  skip the weight-gradient kernels).
+- with several levels the recorded graphs run the blocks' stride-1 float32
+  CPU convolutions with the input VJP of the built-in fast path
+  (:mod:`~mgrit_resnet.nn.conv_vjp`); one level keeps autograd's own kernels.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .conv_vjp import FastConvVJP, input_grad_only
 from .partition import exchange_foreign
 from .user import flat_buffer, load_flat, module_nbytes
 
@@ -44,15 +49,19 @@ class ModuleForward:
     """Forward propagation through the blocks in ``blocks`` (layer index -> module).
 
     With ``record`` (a training call) every fine step keeps its graph for the
-    adjoint; without it (``predict``) no step does.
+    adjoint; without it (``predict``) no step does. ``fast_vjp``: record the
+    graphs under :class:`~mgrit_resnet.nn.conv_vjp.FastConvVJP`.
     """
 
-    def __init__(self, x0: torch.Tensor, blocks: dict[int, nn.Module], h: float, depth: int, record: bool = True) -> None:
+    def __init__(
+        self, x0: torch.Tensor, blocks: dict[int, nn.Module], h: float, depth: int, record: bool = True, fast_vjp: bool = False
+    ) -> None:
         self.x0 = x0
         self.weights = blocks
         self.h = h
         self.n_steps = depth
         self.record = record
+        self.fast_vjp = fast_vjp
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def initial_value(self) -> torch.Tensor:
@@ -63,7 +72,11 @@ class ModuleForward:
         if level == 0 and self.record:
             with torch.enable_grad():
                 x = u.detach().requires_grad_()
-                f = block(x)
+                if self.fast_vjp:
+                    with FastConvVJP():
+                        f = block(x)
+                else:
+                    f = block(x)
                 out = torch.add(x, f, alpha=self.h)  # as ODEResNet, bitwise
             self.saved[start] = (x, f, out)
             return out.detach()
@@ -85,24 +98,32 @@ class ModuleAdjoint:
         self.one_level = one_level
         self.lam: dict[int, torch.Tensor] = {}
         self.grads: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._last_sweep = one_level
 
     def initial_value(self) -> torch.Tensor:
         return self.terminal
+
+    def last_sweep(self) -> None:
+        """Called by the solver before its last fine sweep: from now on each fine step also takes its layer's parameter gradients."""
+        self._last_sweep = True
+        self.lam.clear()  # a layer missed by the sweep then fails loudly instead of using a stale lambda
 
     def step(self, lam: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
         fwd = self.forward
         layer = fwd.n_steps - stop
         x, f, out = fwd.saved[layer]
         if level == 0:
-            if self.one_level:
+            if self._last_sweep:
                 params = trainable(fwd.weights[layer])
                 got = torch.autograd.grad(out, (x, *params), lam, retain_graph=True, allow_unused=True)
                 self.grads[layer] = tuple(_zeros_if_none(g, p) for g, p in zip(got[1:], params))
                 return _zeros_if_none(got[0], x)
             self.lam[layer] = lam
-            (gx,) = torch.autograd.grad(out, (x,), lam, retain_graph=True)
+            with input_grad_only():
+                (gx,) = torch.autograd.grad(out, (x,), lam, retain_graph=True)
             return gx
-        (gx,) = torch.autograd.grad(f, (x,), lam * ((stop - start) * fwd.h), retain_graph=True, allow_unused=True)
+        with input_grad_only():
+            (gx,) = torch.autograd.grad(f, (x,), lam * ((stop - start) * fwd.h), retain_graph=True, allow_unused=True)
         return lam.clone() if gx is None else lam + gx
 
     def parameter_grads(self, layer: int) -> tuple[torch.Tensor, ...]:
@@ -139,6 +160,7 @@ class ModuleSteps:
         self.make = make
         self.depth = depth
         self.h = t_final / depth
+        self.fast_vjp = False  # set for multilevel solves, as the built-in kinds take their fast operators
         self._borrowed: dict[int, nn.Module] = {}
 
     def own(self, layer: nn.Module) -> nn.Module:
@@ -173,7 +195,7 @@ class ModuleSteps:
 
     def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ModuleForward:
         """Forward propagation of ``x0``; ``record``: keep each layer's graph for the adjoint."""
-        return ModuleForward(x0, weights, self.h, self.depth, record)
+        return ModuleForward(x0, weights, self.h, self.depth, record, self.fast_vjp)
 
     def adjoint_problem(self, terminal: torch.Tensor, forward: ModuleForward, one_level: bool) -> ModuleAdjoint:
         """Adjoint propagation through ``forward``'s recorded graphs."""

@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
+def flipped_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The kernel whose stride-1 convolution is the transpose of ``weight``'s (in and out swapped, flipped in space)."""
+    return weight.transpose(0, 1).flip(2, 3)
+
+
 class DenseOps:
     """``z = W x + b`` for inputs of shape ``(batch, width)`` and its products with ``J^T``."""
 
@@ -44,7 +49,7 @@ class ConvOps:
 
     def input_vjp(self, gz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.fast_input_vjp:
-            return F.conv2d(gz, weight.transpose(0, 1).flip(2, 3), padding=1)
+            return F.conv2d(gz, flipped_kernel(weight), padding=1)
         return self._backward(gz, x, weight, [True, False, False])[0]
 
     def param_vjp(self, gz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,14 @@ class Problem(Protocol):
     ----------
     n_steps
         Number of fine time steps; the grid has ``n_steps + 1`` points.
+
+    Notes
+    -----
+    A problem may also define ``last_sweep()``: the solver calls it before a
+    fine-level sweep that certainly ends the solve (the iteration limit is
+    reached), after which every fine step is the last evaluation of its
+    interval. The network's adjoint uses it to take parameter gradients in
+    that sweep instead of in a pass of its own.
     """
 
     n_steps: int
