@@ -33,6 +33,7 @@ extensions = [
     "myst_parser",
     "config_reference",
     "theory_tables",
+    "benchmark_figures",
 ]
 
 exclude_patterns = ["_build", "tutorials"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cmath
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -99,11 +100,32 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(needed: float, what: str, limit: int | None = None) -> None:
-    """Raise ``ValueError`` when ``needed`` bytes (an estimate, named by ``what``) exceed the memory available.
+def ranks_on_this_node() -> int:
+    """How many ranks of this job share this machine's memory, as the MPI launcher tells them (1 when it does not).
+
+    Read from ``MPI_LOCALNRANKS`` (MPICH and Intel MPI) or ``OMPI_COMM_WORLD_LOCAL_SIZE``
+    (Open MPI): the same on every rank of a node, with no message sent.
+    """
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        try:
+            count = int(os.environ.get(name, ""))
+        except ValueError:
+            continue
+        if count >= 1:
+            return count
+    return 1
+
+
+def check_memory(needed: float, what: str, limit: int | None = None, sharing: int | None = None) -> None:
+    """Raise ``ValueError`` when ``needed`` bytes per rank (an estimate, named by ``what``) exceed the memory available.
 
     ``limit`` defaults to :func:`available_memory`; unknown memory checks nothing.
+    ``sharing`` ranks (default :func:`ranks_on_this_node`) each need ``needed`` bytes of that memory.
     """
     limit = available_memory() if limit is None else limit
-    if limit is not None and needed > limit:
-        raise ValueError(f"{what} needs about {needed / 2**30:.3g} GiB per rank; this machine has {limit / 2**30:.3g} GiB available")
+    sharing = ranks_on_this_node() if sharing is None else sharing
+    if limit is not None and needed * sharing > limit:
+        shared = f" for its {sharing} ranks ({limit / sharing / 2**30:.3g} GiB each)" if sharing > 1 else ""
+        raise ValueError(
+            f"{what} needs about {needed / 2**30:.3g} GiB per rank; this machine has {limit / 2**30:.3g} GiB available{shared}"
+        )

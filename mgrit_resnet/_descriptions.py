@@ -43,6 +43,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "image_size": "conv: input image side length",
         "width": "dense width, or number of conv channels",
         "depth": "number of residual layers :math:`N`; layer-parallel runs need at least :math:`2P - 1` on :math:`P` ranks",
+        "depths": "a network of stages (:ref:`staged-networks`): the number of layers of each, each at least :math:`2P - 1` on "
+        ":math:`P` ranks (``network.depth`` and ``network.width`` are then not read); stage :math:`s` has ``depths[s]`` "
+        "layers of ``widths[s]`` channels or features and final time ``t_final``. Between two stages a transition: conv, a "
+        "strided 3x3 convolution that halves the resolution; dense, a linear map; each followed by the activation",
+        "widths": "with ``depths``: the width of each stage (one entry per stage)",
         "t_final": ":math:`T`; each layer is a step of :math:`h = T/N`",
         "activation": "activation function :math:`\\sigma`",
         "n_classes": "number of output classes",
@@ -67,8 +72,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "lr": "learning rate",
         "batch_size": "samples per optimisation step",
         "epochs": "passes over the training set",
-        "fwd_iters": "``one_shot``: forward MGRIT iterations per step",
-        "bwd_iters": "``one_shot``: adjoint MGRIT iterations per step",
+        "fwd_iters": '``one_shot``: forward MGRIT iterations per step; ``"auto"``: chosen per step (up to '
+        "``auto_max_iters``) to hold the gradient error at ``grad_error_target`` (:ref:`adaptive-iterations`)",
+        "bwd_iters": '``one_shot``: adjoint MGRIT iterations per step; ``"auto"`` as for ``fwd_iters``',
         "seed": "seed of the initial parameters and the batches",
         "warm_start": "``one_shot``: start each batch's solves from the states its last step left",
         "momentum": "``sgd``: momentum",
@@ -81,7 +87,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "the quasi-Newton memory carries over between epochs (they chunk one L-BFGS run) but not across ``--resume``; "
         "PETSc options with the prefix ``-mgrit_`` tune the solver (e.g. ``-mgrit_tao_ls_type armijo``)",
         "blocks": "``local``, ``trgl``: number of blocks :math:`K` (``0``: one per rank of a data group; otherwise between "
-        "the number of ranks per data group and ``network.depth``); a rank holds one or more consecutive blocks",
+        "the number of ranks per data group and ``network.depth``, or the number of stages and the layers of all stages "
+        "with ``network.depths``; a block never straddles a transition); a rank holds one or more consecutive blocks",
         "local_schedule": "``local``, ``trgl``: ``parallel`` (all blocks at once, pipelined over the ranks), "
         "``sequential`` (one block after the other) or ``multilap`` (sequential, in ``laps`` laps)",
         "laps": "``multilap``: number of laps (at most ``epochs``); each lap trains every block for its share of ``epochs``",
@@ -89,5 +96,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "on the (pooled) block output; ``0``: a linear head. The last block's head is the network's linear classifier",
         "tau": "``trgl``: the kinetic penalty of block :math:`k` has weight :math:`1/(2\\tau_k)`; a number gives "
         ":math:`\\tau/2` to the first :math:`K/2` blocks and :math:`\\tau` to the others; ``inf`` is ``local``",
+        "grad_error_target": '``fwd_iters`` or ``bwd_iters = "auto"``: the relative gradient error '
+        ":math:`\\|g - g_\\text{exact}\\| / \\|g_\\text{exact}\\|` to hold, estimated every step from the MGRIT "
+        "residuals; halved (at most to an eighth) when an epoch's loss stalls",
+        "grad_check_every": '``"auto"``: steps between exact checks of the gradient error (each one a layer-serial '
+        "forward and adjoint sweep, :math:`2N` layer steps), which calibrate the estimate; more come after a change of the "
+        "iterations and when the estimate drifts",
+        "auto_max_iters": '``"auto"``: the most iterations one solve may take',
     },
 }

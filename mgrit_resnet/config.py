@@ -42,6 +42,7 @@ OPTIMIZERS = ("sgd", "adam", "lbfgs")
 TORCH_OPTIMIZERS = ("sgd", "adam")  # lbfgs is PETSc TAO's
 LR_SCHEDULES = ("none", "step", "cosine")
 LOCAL_SCHEDULES = ("parallel", "sequential", "multilap")
+AUTO_ITERS = "auto"  # train.fwd_iters / bwd_iters: chosen per one-shot step to hold train.grad_error_target
 _RELAX_PATTERN = re.compile(r"F(CF)*")
 _MODULE_PATTERN = re.compile(r".+:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -99,6 +100,12 @@ def _one_or_list(check: Callable[[str, Any], Any], per: str = "level") -> Callab
     return _described(checked, f"{check.kind}, or a non-empty list of them (one per {per})", check.allowed, check.choices)
 
 
+def _stage_list(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list):
+        raise TypeError(f"{name} must be a list of integers >= 1, one per stage ([] for one stage); got {value!r}")
+    return [check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value)]
+
+
 def _relax(name: str, value: Any) -> str:
     parse_relax(value, name)
     return value
@@ -134,6 +141,30 @@ def _table(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _iterations(name: str, value: Any) -> int | str:
+    if value == AUTO_ITERS:
+        return value
+    try:
+        return check_int(name, value, minimum=1)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must be an integer >= 1 or "{AUTO_ITERS}"; got {value!r}') from None
+
+
+def _fraction(name: str, value: Any) -> float:
+    message = f"{name} must be a real number > 0 and < 1 (a relative error such as 0.01); got {value!r}"
+    try:
+        value = check_float(name, value)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if not 0 < value < 1:
+        raise ValueError(message)
+    return value
+
+
+_described(_iterations, f'integer, or "{AUTO_ITERS}"', f'>= 1, or "{AUTO_ITERS}"')
+_described(_fraction, "real", "> 0 and < 1")
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string; got {value!r}")
@@ -144,6 +175,7 @@ _described(_boolean, "boolean", "true, false")
 _described(_module, "string (or a callable from Python)", '"", "path/to/file.py:NAME", "package.module:NAME"')
 _described(_table, "table", "any keys and values: passed to the builder unchecked")
 _described(_text, "string", "a file path")
+_described(_stage_list, "list of integers, one per stage", "each >= 1; [] is one stage (network.depth, network.width)")
 _described(_relax, "string", '"F", "FCF", "FCFCF", ...: F followed by any number of CF pairs')
 _described(_complex, "real, or complex as a string", 'any; complex written as a string such as "-1+2j"')
 
@@ -181,6 +213,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "image_size": (8, _integer(1)),
         "width": (8, _integer(1)),
         "depth": (64, _integer(1)),
+        "depths": ([], _stage_list),
+        "widths": ([], _stage_list),
         "t_final": (1.0, _real(positive=True)),
         "activation": ("tanh", _choice(*ACTIVATION_NAMES)),
         "n_classes": (5, _integer(2)),
@@ -200,8 +234,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "lr": (1e-2, _real(positive=True)),
         "batch_size": (50, _integer(1)),
         "epochs": (10, _integer(1)),
-        "fwd_iters": (2, _integer(1)),
-        "bwd_iters": (1, _integer(1)),
+        "fwd_iters": (2, _iterations),
+        "bwd_iters": (1, _iterations),
         "seed": (0, _integer(0)),
         "warm_start": (True, _boolean),
         "momentum": (0.9, _real(minimum=0.0)),
@@ -215,6 +249,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "laps": (2, _integer(1)),
         "head_hidden": (0, _integer(0)),
         "tau": (0.1, _one_or_list(_real(positive=True, allow_inf=True), per="block")),
+        "grad_error_target": (0.01, _fraction),
+        "grad_check_every": (20, _integer(1)),
+        "auto_max_iters": (8, _integer(1)),
     },
 }
 
@@ -376,6 +413,45 @@ def check_pairs(values: Mapping[str, Mapping[str, Any]]) -> None:
             f"network.options is set but network.kind = {network['kind']!r}: [network.options] is for "
             "network.kind = 'module' only (passed to its build(options))"
         )
+    check_network_stages(network)
+    check_train_pairs(values.get("train"))
+
+
+def check_network_stages(network: Mapping[str, Any] | None) -> None:
+    """Raise :class:`ConfigError` unless ``network.depths`` and ``network.widths`` are both empty (one stage) or both
+    have one entry per stage, for ``network.kind = "dense"`` or ``"conv"``."""
+    if network is None or not (network["depths"] or network["widths"]):
+        return
+    depths, widths = network["depths"], network["widths"]
+    if network["kind"] == "module":
+        raise ConfigError(
+            "network.depths and network.widths are for network.kind = 'dense' or 'conv'; with network.kind = 'module', "
+            "build(options) returns the stages"
+        )
+    if len(depths) != len(widths):
+        raise ConfigError(
+            f"network.depths and network.widths must have one entry per stage each; got {len(depths)} depths {depths} "
+            f"and {len(widths)} widths {widths}"
+        )
+
+
+def stage_depths(network: Any) -> list[int]:
+    """The number of layers of every stage of a built-in ``[network]``: ``network.depths``, or ``[network.depth]``."""
+    values = network.as_dict() if hasattr(network, "as_dict") else dict(network)
+    return list(values.get("depths") or [values["depth"]])
+
+
+def check_train_pairs(train: Mapping[str, Any] | None) -> None:
+    """Raise :class:`ConfigError` for ``train.fwd_iters`` or ``train.bwd_iters = "auto"`` with a strategy other than ``one_shot``."""
+    if train is None or train["strategy"] == "one_shot":
+        return
+    for key in ("fwd_iters", "bwd_iters"):
+        if train[key] == AUTO_ITERS:
+            raise ConfigError(
+                f'train.{key} = "{AUTO_ITERS}" chooses the iterations of one-shot steps: it needs train.strategy = "one_shot"; '
+                f"got train.strategy = {train['strategy']!r}. Allowed: train.{key} = an integer >= 1 with this strategy, "
+                'or train.strategy = "one_shot"'
+            )
 
 
 def validate_section(name: str, table: Any) -> dict[str, Any]:

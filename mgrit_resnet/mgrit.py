@@ -193,7 +193,14 @@ class MGRIT:
             Constructor keywords that replace the section's values (``tol``,
             ``max_iter``, ``levels``, ``partition``, ``n_steps``, ...).
         """
-        return cls(problem, comm=comm, **{**options_from_config(mgrit), **overrides})
+        options = options_from_config(mgrit)
+        try:
+            return cls(problem, comm=comm, **{**options, **overrides})
+        except (TypeError, ValueError) as error:
+            key = str(error).split(" ", 1)[0]
+            if key in options and key not in overrides:  # the constructor names its keyword; a config's user knows mgrit.KEY
+                raise type(error)(f"mgrit.{error}") from None
+            raise
 
     @property
     def problem(self) -> Problem | None:

@@ -31,3 +31,19 @@ def reports_per_rank_count(tmp_path_factory, script: str, ranks: list[int]) -> d
         mpirun(n, ["python", script, str(path)])
         out[n] = json.loads(path.read_text())
     return out
+
+
+def flip_bytes_in_a_tensor(path: Path, count: int = 64) -> None:
+    """Flip every bit of ``count`` bytes inside the data of a tensor of the checkpoint ``path`` (an uncompressed zip)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: (info.filename.rsplit("/", 2)[-2] == "data", info.file_size))
+    raw = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", raw[record.header_offset + 26 : record.header_offset + 30])
+    start = record.header_offset + 30 + name_length + extra_length
+    assert record.compress_type == zipfile.ZIP_STORED and record.file_size >= count
+    for k in range(start, start + count):
+        raw[k] ^= 0xFF
+    path.write_bytes(bytes(raw))

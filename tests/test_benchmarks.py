@@ -148,3 +148,17 @@ def test_user_blocks_compares_the_general_path_with_the_fast_one(capsys, tmp_pat
     figures = load(ROOT / "benchmarks" / "user_blocks.py").main(["--quick", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
     assert "ratio" in capsys.readouterr().out
+
+
+def test_adaptive_trains_auto_fixed_and_serial_and_counts_layer_steps(tmp_path, capsys):
+    out = tmp_path / "adaptive.json"
+    report = load(ROOT / "benchmarks" / "adaptive.py").main(["--quick", "--out", str(tmp_path / "runs"), "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for case in ("peaks64", "digits"):
+        rows = report["cases"][case]["rows"]
+        assert [r["setting"] for r in rows] == ["serial", "1/1", "2/1", "2/2", "3/3", "auto 0.01", "auto 0.1"]
+        assert all(r["layer_steps"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in rows)
+        assert rows[0]["layer_steps"] < rows[1]["layer_steps"] <= rows[4]["layer_steps"], "serial is 2N a step; more iterations, more steps"
+        assert all(r["fwd_iters_mean"] >= 1 and r["grad_checks"] >= 1 for r in rows[5:])
+    printed = capsys.readouterr().out
+    assert "cheapest fixed setting within 0.5 point of serial" in printed and "auto 0.01:" in printed

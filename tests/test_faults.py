@@ -4,6 +4,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, mpirun
+from conftest import ROOT, flip_bytes_in_a_tensor, mpirun
 
 import mgrit_resnet as mr
 from mgrit_resnet import cli
-from mgrit_resnet._checks import check_float
+from mgrit_resnet._checks import check_float, check_memory
+from mgrit_resnet._files import atomic_path
 from mgrit_resnet.cli import VERBS, _common, main
 from mgrit_resnet.cli._common import OutputError, Progress, Settings, check_output, format_residual, write_json
 from mgrit_resnet.mgrit import check_coarse_grid
@@ -356,3 +358,99 @@ def test_the_convergence_table_marks_an_unstable_coarse_step(monkeypatch):
 def test_a_solve_that_cannot_fit_in_memory_is_refused_before_any_work(capsys):
     assert main(["solve", str(ROOT / "examples" / "dahlquist.toml"), "--set", "problem.n_steps=100000000000"]) == 2
     assert "solving problem.n_steps = 100000000000 (dahlquist) on 1 rank(s) needs about" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- 13. found by rerunning the fault list at P = 1, 2, 3
+# (tests/test_fault_list.py launches every point of the issue's list through the command line at 1, 2 and 3 ranks)
+def test_the_memory_check_counts_every_rank_on_the_machine(monkeypatch):
+    from mgrit_resnet import _checks
+    from mgrit_resnet.training import check
+
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert _checks.ranks_on_this_node() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")
+    assert _checks.ranks_on_this_node() == 2
+    monkeypatch.setenv("MPI_LOCALNRANKS", "3")  # mpiexec of MPICH (the wheel's)
+    assert _checks.ranks_on_this_node() == 3
+    with pytest.raises(ValueError, match=r"^a run needs about 1 GiB per rank; this machine has 2 GiB available for its 3 ranks \(0\.667"):
+        check_memory(2**30, "a run", limit=2**31)
+    check_memory(2**30, "a run", limit=2**31, sharing=2)
+    # 5,000,000 layers over 3 ranks: 12 GiB each, 37 GiB in all, refused on a machine with 30 GiB (it grew to an OOM kill)
+    monkeypatch.setattr(_checks, "available_memory", lambda: 30 * 2**30)
+    cfg = mr.load_config(TINY, {"network.depth": 5_000_000})
+    with pytest.raises(ValueError, match=r"needs about 12\.3 GiB per rank; this machine has 30 GiB available for its 3 ranks"):
+        check(cfg, 3)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")  # three nodes, one rank each: it fits
+    check(cfg, 3)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"levels": 3, "coarsening": [2]}, "mgrit.coarsening must be a single value or a list of at least 2 entries"),
+        ({"levels": 3, "relax": ["F"]}, "mgrit.relax must be a single value or a list of at least 2 entries"),
+        ({"levels": 2, "c_weight": 0.0}, "mgrit.c_weight must be a real number > 0; got 0.0"),
+    ],
+)
+def test_mgrit_from_config_names_the_config_keys(options, message, capsys):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        mr.MGRIT.from_config(None, options, n_steps=16)
+    with pytest.raises(ValueError, match=r"^n_steps must be an integer >= 1"):  # a keyword of the call, not a config key
+        mr.MGRIT.from_config(None, options, n_steps=0)
+    sets = [arg for key, value in options.items() for arg in ("--set", f"mgrit.{key}={value!r}")]
+    one_error(capsys, main(["train", TINY, *sets]), f"mgrit-resnet: error: {message}")
+    one_error(capsys, main(["solve", DAHLQUIST, *sets]), f"mgrit-resnet: error: {message}")
+
+
+def test_a_checkpoint_with_a_flipped_byte_is_refused_before_any_work(tmp_path, capsys):
+    from mgrit_resnet.training import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["-q", "train", TINY, "--set", "train.epochs=1", "--out", str(out)]) == 0
+    checkpoint.read(out / "checkpoint.pt")  # whole: its CRC-32 checks pass
+    flip_bytes_in_a_tensor(out / "checkpoint.pt")
+    torch = pytest.importorskip("torch")
+    torch.load(out / "checkpoint.pt", weights_only=False)  # torch itself loads it, with other numbers
+    with pytest.raises(ValueError, match=r"damaged, .* \(its record 'data/\d+' fails its CRC-32 check"):
+        checkpoint.read(out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    one_error(capsys, main(["train", TINY, "--set", "train.epochs=2", "--out", str(out), "--resume"]), "fails its CRC-32 check")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_full_disk_before_the_first_epoch_is_one_message_and_no_torn_file(tmp_path, monkeypatch, capsys):
+    from mgrit_resnet.training import checkpoint
+
+    real = checkpoint.write_text_atomically
+
+    def half_then_full(path, text):  # as a full disk does: part of the file, then ENOSPC
+        if path.name == "config.toml":
+            with atomic_path(path) as temporary:
+                temporary.write_text(text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, text)
+
+    monkeypatch.setattr(checkpoint, "write_text_atomically", half_then_full)
+    out = tmp_path / "run"
+    code = main(["train", TINY, "--set", "train.epochs=1", "--out", str(out)])
+    one_error(capsys, code, f"mgrit-resnet: error: cannot start the run in {out}: [Errno 28] No space left on device; nothing was trained")
+    assert list(out.iterdir()) == []
+
+
+def test_train_reports_a_bad_config_before_importing_torch():
+    script = "import sys; from mgrit_resnet.cli import main; code = main(['train', sys.argv[1], '--set', 'train.lr=inf']); "
+    script += "print(code, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script, TINY], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "2 False\n" and "train.lr must be a finite real number; got inf" in done.stderr
+
+
+def test_ctrl_c_on_another_rank_says_it_when_rank_0_cannot(monkeypatch, capsys):
+    """Rank 0 may be blocked in a message from a stopped rank: after a grace time another rank says it, then ends them all."""
+    aborted = []
+    comm = types.SimpleNamespace(Get_size=lambda: 3, Abort=aborted.append)
+    monkeypatch.setattr(cli, "INTERRUPT_GRACE", 0.0)
+    assert cli._interrupted(comm, 2) == 130
+    assert aborted == [130] and capsys.readouterr().err == "mgrit-resnet: interrupted\n"
+    assert cli._interrupted(comm, 0) == 130  # rank 0 at once
+    assert aborted == [130, 130] and capsys.readouterr().err == "mgrit-resnet: interrupted\n"

@@ -220,3 +220,15 @@ def test_from_config_reads_the_mgrit_section_as_the_solver_does():
     par = LayerParallel.from_config(cfg.network, {"levels": 2, "coarsening": 4})
     assert par.hierarchy.n_levels == 2 and par.hierarchy.factors[0] == 4
     assert par.ops.__class__.__name__ == "DenseOps" and par.stats.forward == {}
+
+
+def test_set_iterations_turns_a_converged_network_into_a_fixed_count_one():
+    par = LayerParallel(tiny(depth=8), levels=2, coarsening=2, tol=1e-12, seed=0)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    par(x).sum().backward()
+    assert par.stats.forward["iterations"] > 1 and par.stats.forward["converged"]
+    par.set_iterations(1, 2)
+    par(x).sum().backward()
+    assert (par.stats.forward["iterations"], par.stats.adjoint["iterations"]) == (1, 2) and (par.fwd_iters, par.bwd_iters) == (1, 2)
+    with pytest.raises(ValueError, match="bwd_iters"):
+        par.set_iterations(1, 0)

@@ -1,5 +1,6 @@
 """Runs you can trust: divergence stops cleanly, runs are not overwritten, resumes keep their settings, outputs carry provenance."""
 
+import errno
 import json
 import os
 import re
@@ -217,7 +218,7 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_checkpoint(tmp_path, m
     monkeypatch.setattr(checkpoint, "save_atomically", fill_the_disk_at_epoch_2)
     with pytest.raises(
         OutputNotWritten,
-        match=r"cannot write the checkpoint of epoch 2 to .*No space left on device; the last checkpoint \(epoch 1\) is kept",
+        match=r"cannot save epoch 2 to .*No space left on device; the last checkpoint \(epoch 1\) is kept",
     ):
         train(cfg, None, out)
     assert calls == [1, 2]
@@ -226,12 +227,41 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_checkpoint(tmp_path, m
     assert not list(out.glob(".*.tmp"))
 
 
+def test_a_metrics_row_that_cannot_be_appended_is_cut_back_and_the_message_says_what_is_on_disk(tmp_path, monkeypatch):
+    from mgrit_resnet.training import loop
+    from mgrit_resnet.training.errors import OutputNotWritten
+
+    cfg = mr.load_config(ROOT / "examples" / "tiny_train.toml", {"train.epochs": 3})
+    out = tmp_path / "run"
+    real_write = os.write
+    appends = []
+
+    def half_a_row_then_full(fd, data):  # the second epoch's row: half of it reaches the disk, then ENOSPC
+        if data.endswith(b"\n") and data.startswith(b"{"):
+            appends.append(len(data))
+            if len(appends) == 2:
+                real_write(fd, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(loop.os, "write", half_a_row_then_full)
+    with pytest.raises(OutputNotWritten, match=r"cannot save epoch 2 to .*checkpoint.pt holds epoch 2, metrics.jsonl ends before it"):
+        train(cfg, None, out)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["epoch"] == 1, "no torn row"
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+
+
 def test_a_summary_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
     from mgrit_resnet.training import checkpoint
     from mgrit_resnet.training.errors import OutputNotWritten
 
-    def no_room(path, text):
-        raise OSError(28, "No space left on device")
+    real = checkpoint.write_text_atomically
+
+    def no_room(path, text):  # config.toml and metrics.jsonl fit, the summary does not
+        if path.name == "summary.json":
+            raise OSError(28, "No space left on device")
+        real(path, text)
 
     monkeypatch.setattr(checkpoint, "write_text_atomically", no_room)
     cfg = mr.load_config(ROOT / "examples" / "tiny_train.toml", {"train.epochs": 1})

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -37,6 +38,7 @@ from ._common import OutputError, Parser
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # training stopped at a NaN or infinite loss; the last good checkpoint is kept
 EXIT_INTERRUPTED = 130  # the shell's code for a job ended by SIGINT (128 + 2)
+INTERRUPT_GRACE = 1.0  # seconds another rank leaves rank 0 to say "interrupted" and end every rank, before it does so itself
 
 # The verbs in the order ``--help`` lists them. Their modules import torch,
 # matplotlib and the studies only inside ``prepare``, so ``--help`` and ``solve`` stay light.
@@ -114,9 +116,21 @@ def _say(rank: int, line: str) -> None:
 
 
 def _interrupted(comm: Any, rank: int) -> int:
-    """Ctrl-C: one line, exit code 130; with several ranks, end them all (one may be waiting for another)."""
-    _say(rank, "mgrit-resnet: interrupted")
-    if comm is not None and comm.Get_size() > 1:
+    """Ctrl-C: one line, exit code 130; with several ranks, end them all (one may be waiting for another).
+
+    Rank 0 says it and ends every rank at once. Every other rank first leaves rank 0
+    :data:`INTERRUPT_GRACE` seconds for that (its abort ends them), and only then says it and ends
+    them itself: rank 0 may be blocked in a message from a rank that stopped, and a rank that
+    aborted at once would end rank 0 before it could say anything.
+    """
+    several = comm is not None and comm.Get_size() > 1
+    if several and rank != 0:
+        try:
+            time.sleep(INTERRUPT_GRACE)
+        except KeyboardInterrupt:  # Ctrl-C again
+            pass
+    _say(0, "mgrit-resnet: interrupted")  # rank 0 at once, another rank only after the grace time
+    if several:
         comm.Abort(EXIT_INTERRUPTED)  # pragma: no cover - ends the process
     return EXIT_INTERRUPTED
 

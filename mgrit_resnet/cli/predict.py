@@ -78,6 +78,8 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         source = "measured by ping-pong" if args.measure_network else "given"
         one_rank, serial = calibration.one_rank_time * 1e3, calibration.serial_time * 1e3
         print(f"{calibration.what}, calibrated on one rank: {one_rank:.3f} ms; serial {serial:.3f} ms")
+        if isinstance(calibration.costs, perfmodel.StagedCosts):
+            print(perfmodel.format_stages(calibration.costs))
         print(f"network ({source}): alpha = {network[0] * 1e6:.3g} us per message, beta = {network[1] * 1e9:.3g} ns per byte")
         print(perfmodel.format_table(rows))
         document = {"of": args.of, "network": {"alpha": network[0], "beta": network[1]}, "calibration": calibration.as_dict()}

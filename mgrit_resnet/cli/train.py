@@ -24,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]:
     """Validate the config, the output folder and the ranks, then load data and build the model; return the job."""
+    cfg = load(args)  # a bad config is one message before torch is even imported
     from ..training import check
     from ..training.loop import RESUME_NEEDS_OUT, train
     from ..training.loop import prepare as build
 
-    cfg = load(args)
     out = None if args.out is None else Path(args.out)
     if args.resume and out is None:
         raise ValueError(RESUME_NEEDS_OUT)

@@ -52,11 +52,12 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
     if not args.max_error > 0:
         raise ValueError(f"--max-error must be a number > 0; got {args.max_error!r}")
-    depth = cfg.network.depth
+    depths = cfg.network.depths
+    layers = f"stages of {'/'.join(map(str, depths))} layers (every stage)" if depths else f"{cfg.network.depth} layers"
     hierarchies = candidate_configs(cfg, levels, coarsening)
     if not hierarchies:
         raise ValueError(
-            f"no multilevel hierarchy from --levels {args.levels} and --coarsening {args.coarsening} on {depth} layers "
+            f"no multilevel hierarchy from --levels {args.levels} and --coarsening {args.coarsening} on {layers} "
             f"with mgrit.min_coarse = {cfg.mgrit.min_coarse}"
         )
     for candidate in hierarchies.values():

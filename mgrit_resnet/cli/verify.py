@@ -45,7 +45,8 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     import torch
 
     from .. import comm as comm_module
-    from ..nn import LayerParallel, NetworkSpec, ODEResNet
+    from ..nn import parallel_from_config, serial_from_config
+    from ..nn.spec import DTYPES
 
     check_output("--json", args.json)
     cfg = load(args)
@@ -54,16 +55,16 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
     tol = DEFAULT_TOL[n.dtype] if args.tol is None else check_float("--tol", args.tol, minimum=0.0)
     seed = cfg.train.seed
     samples = _data_batch(cfg, batch) if n.kind == "module" else None
-    parallel = LayerParallel.from_config(n, cfg.mgrit, comm=comm, seed=seed)
+    parallel = parallel_from_config(n, cfg.mgrit, comm=comm, seed=seed)
     backend = comm_module.backend_for(comm)
 
     def run() -> int:
         started = now()
         if samples is None:
-            spec = NetworkSpec.from_config(n)
+            shape = (n.in_features,) if n.kind == "dense" else (n.in_channels, n.image_size, n.image_size)
             generator = torch.Generator().manual_seed(cfg.data.seed)
-            x = torch.randn((batch, *spec.input_shape()), generator=generator, dtype=torch.float64).to(spec.torch_dtype)
-            y = torch.randint(0, spec.n_classes, (batch,), generator=generator)
+            x = torch.randn((batch, *shape), generator=generator, dtype=torch.float64).to(DTYPES[n.dtype])
+            y = torch.randint(0, n.n_classes, (batch,), generator=generator)
         else:
             x, y = samples[0].to(parallel.dtype), samples[1]
         xp = x.clone().to(parallel.device).requires_grad_()
@@ -72,7 +73,7 @@ def prepare(args: argparse.Namespace, comm: Any, rank: int) -> Callable[[], int]
         grads = parallel.full_grad_dict()
         report = None
         if rank == 0:
-            serial = ODEResNet.from_config(n, seed=seed)
+            serial = serial_from_config(n, seed=seed)
             xs = x.clone().to(serial.device).requires_grad_()
             out_s = serial(xs)
             torch.nn.functional.cross_entropy(out_s, y.to(out_s.device)).backward()
@@ -120,6 +121,8 @@ def _print(cfg: Any, report: dict[str, Any]) -> None:
     if n.kind == "module":
         module = n.module if isinstance(n.module, str) else callable_name(n.module)
         network = f"network module {module}, depth {n.depth}, {n.dtype}"
+    elif n.depths:
+        network = f"network {n.kind} of {len(n.depths)} stages, depths {n.depths}, widths {n.widths}, {n.activation}, {n.dtype}"
     else:
         network = f"network {n.kind}, depth {n.depth}, width {n.width}, {n.activation}, {n.dtype}"
     print(

@@ -31,12 +31,19 @@ from .spec import NetworkSpec
 
 @dataclass
 class CallStats:
-    """What the last forward and backward call did (on this rank; lists are per rank)."""
+    """What the last forward and backward call did (on this rank; lists are per rank).
+
+    ``grad_error_terms`` are the squared 2-norms ``(error, exact)`` whose
+    ratio's root is ``grad_error``; ``stages`` holds a staged network's
+    per-stage stats (``None`` for one stage).
+    """
 
     forward: dict[str, Any] = field(default_factory=dict)
     adjoint: dict[str, Any] = field(default_factory=dict)
     weight_bytes: int = 0
     grad_error: float | None = None
+    grad_error_terms: tuple[float, float] | None = None
+    stages: list[CallStats] | None = None
 
 
 @dataclass
@@ -169,8 +176,11 @@ class LayerSolves:
         backend.bcast_buffer(host, root)
         return host.to(template.device)
 
-    def grad_error(self, problem: Any, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> float:
-        """Relative 2-norm error of an MGRIT vector-Jacobian product against the layer-serial one (collective)."""
+    def grad_error(self, problem: Any, grad_final: torch.Tensor, lam0: torch.Tensor, grads: list) -> tuple[float, float]:
+        """Squared 2-norms of the error of an MGRIT vector-Jacobian product against the layer-serial one, and of the latter (collective).
+
+        The relative error is the root of their ratio (:func:`relative_error`).
+        """
         exact_problem, _ = self.forward_solve(self.serial_forward, problem.x0, problem.weights)
         exact_lam0, exact_grads, _ = self.adjoint_solve(self.serial_adjoint, exact_problem, grad_final)
         diff = sum(float((g - e).double().pow(2).sum()) for g, e in zip(grads, exact_grads))
@@ -178,8 +188,12 @@ class LayerSolves:
         if self.backend.rank == 0:  # the input gradient is replicated: count it once
             diff += float((lam0 - exact_lam0).double().pow(2).sum())
             norm += float(exact_lam0.double().pow(2).sum())
-        diff, norm = self.backend.allreduce_sum(diff), self.backend.allreduce_sum(norm)
-        return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
+        return self.backend.allreduce_sum(diff), self.backend.allreduce_sum(norm)
+
+
+def relative_error(diff: float, norm: float) -> float:
+    """``sqrt(diff / norm)`` of squared 2-norms; ``sqrt(diff)`` where the exact value is zero."""
+    return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
 
 
 def _summary(result: SolveResult) -> dict[str, Any]:
@@ -221,5 +235,6 @@ class LayerFunction(torch.autograd.Function):
             warm.adjoint = solves.adjoint.restart_states(result)
         solves.stats.adjoint = _summary(result)
         if solves.track_grad_error:
-            solves.stats.grad_error = solves.grad_error(problem, grad_final, lam0, grads)
+            terms = solves.grad_error(problem, grad_final, lam0, grads)
+            solves.stats.grad_error_terms, solves.stats.grad_error = terms, relative_error(*terms)
         return (lam0, None, None, None, None, *grads)

@@ -7,6 +7,14 @@ function itself. ``build`` gets ``network.options`` as a dict; ``make_block(laye
 returns the residual branch ``f_n`` of layer ``n`` (an ``nn.Module``), and
 ``opening`` and ``closing`` are modules (or ``None``) before the first and
 after the last layer.
+
+A network of stages (:class:`~mgrit_resnet.nn.StagedParallel`): ``build(options)``
+returns a mapping instead, ``{"stages": [...], "transitions": [...], "opening": ..., "closing": ...}``:
+``stages`` a list of :class:`~mgrit_resnet.nn.Stage` (or of mappings of its
+fields: ``depth``, ``t_final``, and ``block`` or a built-in ``kind`` and
+``width``), ``transitions`` one module between every two stages, ``opening``
+and ``closing`` modules or ``None`` (both may be left out). ``network.depth``
+and ``network.t_final`` are then not read: every stage has its own.
 """
 
 from __future__ import annotations
@@ -15,17 +23,19 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import callable_name
 
 Parts = tuple[Callable[[int], Any], Any, Any]
+#: The keys of the mapping a builder of a network of stages returns.
+STAGED_KEYS = ("stages", "transitions", "opening", "closing")
 
 
-def network_parts(network: Any, seed: int = 0) -> Parts:
-    """``(make_block, opening, closing)`` of the user's network: ``build(network.options)``, checked.
+def network_parts(network: Any, seed: int = 0) -> Parts | dict[str, Any]:
+    """``(make_block, opening, closing)`` of the user's network, or the mapping of a network of stages: ``build(network.options)``, checked.
 
     ``build`` runs under torch's CPU generator seeded with ``seed`` (and
     restored afterwards), so the opening and the closing it makes are the same
@@ -46,7 +56,8 @@ def network_parts(network: Any, seed: int = 0) -> Parts:
     ImportError
         Importing the module or executing the file failed (the message holds the original error).
     TypeError
-        The attribute is not callable, or ``build`` did not return ``(callable, nn.Module or None, nn.Module or None)``.
+        The attribute is not callable, or ``build`` did not return ``(callable, nn.Module or None, nn.Module or None)``
+        or a mapping of stages.
     """
     values = network.as_dict() if hasattr(network, "as_dict") else dict(network)
     ref, options = values.get("module", ""), values.get("options") or {}
@@ -89,13 +100,30 @@ def load_builder(ref: Any) -> Callable[..., Any]:
     return found
 
 
-def check_parts(parts: Any, where: str) -> Parts:
-    """``parts`` if it is ``(make_block, opening, closing)``: a callable, and two ``nn.Module`` or ``None``."""
+def check_parts(parts: Any, where: str) -> Parts | dict[str, Any]:
+    """``parts`` if it is ``(make_block, opening, closing)``: a callable, and two ``nn.Module`` or ``None``;
+    or, for a network of stages, a mapping with ``stages`` (and ``transitions``, ``opening``, ``closing``) as a dict.
+    """
     from torch import nn
 
+    if isinstance(parts, Mapping):
+        unknown = sorted(set(parts) - set(STAGED_KEYS))
+        if unknown or "stages" not in parts:
+            raise TypeError(
+                f"{where}: a network of stages is a mapping with the keys {', '.join(STAGED_KEYS)} ('stages' required); "
+                f"got the keys {sorted(parts)}"
+            )
+        staged = {"transitions": [], "opening": None, "closing": None, **parts}
+        for label in ("opening", "closing"):
+            if staged[label] is not None and not isinstance(staged[label], nn.Module):
+                raise TypeError(f"{where}: {label} must be a torch.nn.Module or None; got {type(staged[label]).__name__}")
+        return staged
     if not isinstance(parts, (tuple, list)) or len(parts) != 3:
         got = f"a {type(parts).__name__} of length {len(parts)}" if isinstance(parts, (tuple, list)) else repr(parts)
-        raise TypeError(f"{where}: build(options) must return (make_block, opening, closing); got {got}")
+        raise TypeError(
+            f"{where}: build(options) must return (make_block, opening, closing); got {got} "
+            "(or, for a network of stages, a mapping with the key 'stages')"
+        )
     make_block, opening, closing = parts
     if not callable(make_block):
         raise TypeError(

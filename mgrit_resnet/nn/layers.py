@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import Activation
+from .activations import ACTIVATIONS, Activation
 from .spec import NetworkSpec
 
 _ROLE_OPENING, _ROLE_RESIDUAL, _ROLE_CLASSIFIER, _ROLE_HEAD, _ROLE_HEAD_OUTPUT, _ROLE_USER_BLOCK = 0, 1, 2, 3, 4, 5
+_ROLE_STAGE, _ROLE_TRANSITION = 6, 7
 # torch's global generator is shared by all threads (ranks of a ThreadWorld): one block is built at a time.
 _RNG_LOCK = threading.RLock()
 
@@ -99,6 +100,41 @@ def classify(spec: NetworkSpec, classifier: nn.Module, state: torch.Tensor) -> t
     return classifier(state)
 
 
+def staged_modules(
+    kind: str, in_size: int, widths: list[int], activation: str, n_classes: int, seed: int, dtype: torch.dtype, device: torch.device
+) -> tuple[nn.Module, list[nn.Module], nn.Module]:
+    """The opening, the transitions and the closing of a built-in network of stages of ``widths``.
+
+    conv: the opening a 3x3 convolution from ``in_size`` channels, transition
+    ``s`` a 3x3 convolution with stride 2 from ``widths[s]`` to ``widths[s + 1]``
+    channels (it halves the resolution), each followed by the activation; the
+    closing global average pooling and a linear classifier. dense: linear maps
+    instead of the convolutions, no pooling. Drawn from ``(seed, role, index)``
+    streams as the one-stage network's opening and classifier are.
+    """
+
+    def seeded(module: nn.Module, role: int, index: int, fan_in: int) -> nn.Module:
+        weight, bias = _uniform_init(seed, role, index, tuple(module.weight.shape), tuple(module.bias.shape), fan_in)
+        module.to(device=device, dtype=dtype)
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            module.bias.copy_(bias)
+        return module
+
+    def layer(c_in: int, c_out: int, role: int, index: int, stride: int = 1) -> nn.Module:
+        if kind == "dense":
+            linear = seeded(nn.Linear(c_in, c_out), role, index, c_in)
+        else:
+            linear = seeded(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), role, index, c_in * 9)
+        return nn.Sequential(linear, _ActivationModule(ACTIVATIONS[activation]))
+
+    opening = layer(in_size, widths[0], _ROLE_OPENING, 0)
+    transitions = [layer(widths[s], widths[s + 1], _ROLE_TRANSITION, s, stride=2) for s in range(len(widths) - 1)]
+    classifier = seeded(nn.Linear(widths[-1], n_classes), _ROLE_CLASSIFIER, 0, widths[-1])
+    closing = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier) if kind == "conv" else nn.Sequential(classifier)
+    return opening, transitions, closing
+
+
 def _set(module: nn.Module, seed: int, role: int, fan_in: int, spec: NetworkSpec, device: torch.device, index: int = 0) -> None:
     weight, bias = _uniform_init(seed, role, index, tuple(module.weight.shape), tuple(module.bias.shape), fan_in)
     module.to(device=device, dtype=spec.torch_dtype)
@@ -124,6 +160,11 @@ def stream_seed(seed: int, role: int, index: int) -> int:
     """The 64-bit seed of the random stream of ``(seed, role, index)``: one stream per layer and role."""
     state = np.random.SeedSequence([seed, role, index]).generate_state(2, np.uint32)
     return int(state[0]) << 32 | int(state[1])
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed of stage ``stage`` of a staged network: its layer ``n`` is then drawn from ``(seed, stage, n)``."""
+    return stream_seed(seed, _ROLE_STAGE, stage)
 
 
 def seeded_block(make_block: Callable[[int], Any], layer: int, seed: int, device: torch.device | None = None) -> Any:

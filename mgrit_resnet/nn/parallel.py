@@ -6,9 +6,7 @@ the split of layers and states over the ranks in :mod:`~mgrit_resnet.nn.partitio
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,14 +23,34 @@ from .module_steps import ModuleSteps
 from .ops import ConvOps, DenseOps
 from .partition import owner_of_layer
 from .spec import INPUT_PROBLEMS, NON_FINITE_CODE, NON_FINITE_INPUT, NetworkSpec, input_problem
-from .user import UserParts, check_arguments, default_device, network_value, set_modes, user_network_parts
+from .user import UserParts, check_arguments, check_ends, check_one_stage, default_device, network_value, set_modes, user_network_parts
+from .warm import WarmStart, fingerprint, gather_trajectories, split_trajectories, warm_bytes
 
 
-@dataclass
-class _WarmStart:
-    fingerprint: tuple
-    forward: list | None = None
-    adjoint: list | None = None
+def check_input_everywhere(backend: Any, code: int, message: str | None) -> None:
+    """Collective: raise the same ``ValueError`` on every rank if any rank's input check found a problem.
+
+    ``(code, message)`` is this rank's verdict (:func:`~mgrit_resnet.nn.spec.input_problem`).
+    Every rank contributes its code to one small buffer gather; the message of
+    the first rank that found a problem is made again where it is known
+    (every rank passes the same input).
+    """
+    if backend.size == 1:
+        if message is not None:
+            raise ValueError(message)
+        return
+    codes = backend.allgather_buffer(np.array([code], dtype=np.int64))[:, 0]
+    failed = np.flatnonzero(codes)
+    if not failed.size:
+        return
+    rank, theirs = int(failed[0]), int(codes[failed[0]])
+    if theirs == code:
+        raise ValueError(f"{message} (on rank {rank})")
+    if theirs == NON_FINITE_CODE:
+        raise ValueError(f"{NON_FINITE_INPUT} (on rank {rank})")
+    raise ValueError(
+        f"the network input differs on rank {rank}: there it is {INPUT_PROBLEMS[theirs - 1]} (every rank must pass the same input)"
+    )
 
 
 class LayerParallel(nn.Module):
@@ -77,6 +95,11 @@ class LayerParallel(nn.Module):
         With ``block``: the number of layers ``N`` and the final time ``T``.
     opening, closing
         With ``block``: the modules before and after the layers (default: identity).
+    ends
+        ``False``: no opening and no classifier (or closing): the network is the
+        layers alone, ``x_0 -> x_N``, taking and returning states (a stage of a
+        :class:`~mgrit_resnet.nn.StagedParallel`). With ``block``, ``opening``
+        and ``closing`` must then be ``None``.
     input_shape
         With ``block``: one sample's shape; when given, every block is checked
         at construction on a state of the opening's output shape, otherwise on
@@ -111,6 +134,7 @@ class LayerParallel(nn.Module):
         t_final: float | None = None,
         opening: nn.Module | None = None,
         closing: nn.Module | None = None,
+        ends: bool = True,
         input_shape: tuple[int, ...] | None = None,
         device: Any = None,
         comm: Any = None,
@@ -133,8 +157,10 @@ class LayerParallel(nn.Module):
         track_grad_error: bool = False,
     ) -> None:
         check_arguments(spec, block, depth, t_final, opening=opening, closing=closing, input_shape=input_shape, device=device)
+        check_ends(ends, opening, closing)
         super().__init__()
         self.spec = spec
+        self.ends = ends
         self.backend = comm_module.backend_for(comm)
         if isinstance(self.backend, comm_module.MPIBackend):  # an exception on one rank must not leave the others waiting
             comm_module.install_abort_on_error(self.backend.comm)
@@ -157,15 +183,15 @@ class LayerParallel(nn.Module):
             tol_kind=tol_kind, max_iter=max_iter, initial_guess=initial_guess, skip_first_down=skip_first_down,
             relax_warm_start=relax_warm_start,
         )  # fmt: skip
-        self._warm: dict[Hashable, _WarmStart] = {}
+        self._warm: dict[Hashable, WarmStart] = {}
         if spec is not None:
             self._solves = LayerSolves.build(spec, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
             self.owned_layers = self._solves.owned_layers
             self.device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
             self.dtype = spec.torch_dtype
-            self.opening = make_opening(spec, seed, self.device)
+            self.opening = make_opening(spec, seed, self.device) if ends else None
             self.layers = nn.ModuleDict({str(n): ResidualLayer(spec, n, seed, self.device) for n in self.owned_layers})
-            self.classifier = make_classifier(spec, seed, self.device)
+            self.classifier = make_classifier(spec, seed, self.device) if ends else None
             self._closing_name, self._parts = "classifier", None
             self._layer_keys = {n: ["weight", "bias"] for n in range(depth)}
             return
@@ -198,6 +224,7 @@ class LayerParallel(nn.Module):
             return cls(NetworkSpec.from_config(network), comm=comm, seed=seed, **mgrit_options, **options)
         backend = comm_module.backend_for(comm)
         parts = user_network_parts(network, comm_module.local_rank(backend) if network_value(network, "device") == "cuda" else 0)
+        check_one_stage(parts)
         return cls(**parts, comm=backend, seed=seed, **mgrit_options, **options)
 
     # ------------------------------------------------------------------ what the solves are
@@ -216,6 +243,14 @@ class LayerParallel(nn.Module):
         if not isinstance(value, bool):
             raise TypeError(f"track_grad_error must be true or false; got {value!r}")
         self._solves.track_grad_error = value
+
+    def set_iterations(self, fwd_iters: int, bwd_iters: int) -> None:
+        """One-shot: the fixed forward and adjoint MGRIT iterations of the calls from now on (every rank must set the same)."""
+        check_int("fwd_iters", fwd_iters, minimum=1)
+        check_int("bwd_iters", bwd_iters, minimum=1)
+        for solver, iters in ((self._solves.forward, fwd_iters), (self._solves.adjoint, bwd_iters)):
+            solver.tol, solver.max_iter = 0.0, iters  # read at every solve
+        self.fwd_iters, self.bwd_iters = fwd_iters, bwd_iters
 
     @property
     def hierarchy(self) -> Hierarchy:
@@ -248,6 +283,8 @@ class LayerParallel(nn.Module):
     def forward(self, x: torch.Tensor, key: Hashable | None = None) -> torch.Tensor:
         """Logits for the input batch ``x``, the same on every rank (collective).
 
+        Without ends (``ends=False``): the final state ``x_N`` for the states ``x = x_0``.
+
         Parameters
         ----------
         x
@@ -260,12 +297,20 @@ class LayerParallel(nn.Module):
         """
         self._check_input(x)
         x = x.to(device=self.device, dtype=self.dtype)
-        warm = self._warm_entry(key, x)
-        x0 = self._open(x)
+        warm = self.warm_entry(key, fingerprint(x)) if self.warm_start and key is not None else None
+        return self._close(self.propagate(self._open(x), warm))
+
+    def propagate(self, x0: torch.Tensor, warm: Any = None) -> torch.Tensor:
+        """``x_N`` for the initial state ``x0`` by forward MGRIT, differentiable by adjoint MGRIT (collective).
+
+        The middle of :meth:`forward`, without the input check, the opening and
+        the closing: ``x0`` is a state (the same on every rank); the result is
+        the same on every rank, and so is the gradient it passes back to ``x0``.
+        ``warm`` is :meth:`warm_entry`'s entry of the batch, or ``None``.
+        """
         weights, weight_bytes = self._layer_weights()
         self._solves.stats = CallStats(weight_bytes=weight_bytes)
-        state = LayerFunction.apply(x0, self._solves, weights, warm, torch.is_grad_enabled(), *self._owned_parameters())
-        return self._close(state)
+        return LayerFunction.apply(x0, self._solves, weights, warm, torch.is_grad_enabled(), *self._owned_parameters())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -276,11 +321,15 @@ class LayerParallel(nn.Module):
         """
         self._check_input(x)
         x = x.to(device=self.device, dtype=self.dtype)
-        x0 = self._open(x)
+        return self._close(self.propagate_exact(self._open(x)))
+
+    @torch.no_grad()
+    def propagate_exact(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x_N`` for the initial state ``x0`` by layer-serial propagation pipelined over the ranks (collective, no autograd)."""
         solves = self._solves
         weights = {n: solves.steps.own(self.layers[str(n)]) for n in self.owned_layers}
         _, result = solves.forward_solve(solves.serial_forward, x0, weights, record=False)
-        return self._close(solves.final_state(result, x0))
+        return solves.final_state(result, x0)
 
     @property
     def steps(self) -> Any:
@@ -298,48 +347,29 @@ class LayerParallel(nn.Module):
     def _open(self, x: torch.Tensor) -> torch.Tensor:
         """The initial state (a user network's blocks are checked on the first state of each shape: collective)."""
         if self._parts is None:
-            return open_state(self.spec, self.opening, x)
+            return open_state(self.spec, self.opening, x) if self.ends else x
         x0 = self.opening(x)
         self._parts.probe(self.backend, x0)
         return x0
 
     def _close(self, state: torch.Tensor) -> torch.Tensor:
-        return self.closing(state) if self._parts is not None else classify(self.spec, self.classifier, state)
+        if self._parts is not None:
+            return self.closing(state)
+        return classify(self.spec, self.classifier, state) if self.ends else state
 
     def _check_input(self, x: Any) -> None:
-        """Collective: raise the same ``ValueError`` on every rank if any rank's ``x`` is not a valid input.
+        """Collective: raise the same ``ValueError`` on every rank if any rank's ``x`` is not a valid input."""
+        if self.spec is None:
+            code, message = input_problem(x)
+        else:
+            code, message = self.spec.input_problem(x) if self.ends else self.spec.state_problem(x)
+        check_input_everywhere(self.backend, code, message)
 
-        Every rank contributes the code of its verdict to one small buffer
-        gather; the message of the first rank that found a problem is made
-        again where it is known (every rank passes the same input).
-        """
-        code, message = self.spec.input_problem(x) if self.spec is not None else input_problem(x)
-        backend = self.backend
-        if backend.size == 1:
-            if message is not None:
-                raise ValueError(message)
-            return
-        codes = backend.allgather_buffer(np.array([code], dtype=np.int64))[:, 0]
-        failed = np.flatnonzero(codes)
-        if not failed.size:
-            return
-        rank, theirs = int(failed[0]), int(codes[failed[0]])
-        if theirs == code:
-            raise ValueError(f"{message} (on rank {rank})")
-        if theirs == NON_FINITE_CODE:
-            raise ValueError(f"{NON_FINITE_INPUT} (on rank {rank})")
-        raise ValueError(
-            f"the network input differs on rank {rank}: there it is {INPUT_PROBLEMS[theirs - 1]} (every rank must pass the same input)"
-        )
-
-    def _warm_entry(self, key: Hashable | None, x: torch.Tensor) -> _WarmStart | None:
-        if not self.warm_start or key is None:
-            return None
-        host = x.detach().cpu().contiguous()
-        fingerprint = (tuple(host.shape), str(host.dtype), hashlib.blake2b(host.numpy().tobytes(), digest_size=16).hexdigest())
+    def warm_entry(self, key: Hashable, fingerprint: tuple) -> WarmStart:
+        """The warm-start entry of the batch ``key``: the one held when its input had this :func:`fingerprint`, else a new, cold one."""
         entry = self._warm.get(key)
         if entry is None or entry.fingerprint != fingerprint:
-            entry = self._warm[key] = _WarmStart(fingerprint)
+            entry = self._warm[key] = WarmStart(fingerprint)
         return entry
 
     def _layer_weights(self) -> tuple[dict, int]:
@@ -366,17 +396,25 @@ class LayerParallel(nn.Module):
         local: dict[str, Any] = {}
         for n in self.owned_layers:
             local.update(view(self.layers[str(n)], f"layers.{n}."))
-        out = view(self.opening, "opening.")
+        opening, closing = self._ends()
+        out = view(opening, "opening.")
         for part in self.backend.allgather(local):  # in rank order, so in layer order
             out.update(part)
-        out.update(view(getattr(self, self._closing_name), f"{self._closing_name}."))
+        out.update(view(closing, f"{self._closing_name}."))
         return out
+
+    def _ends(self) -> tuple[nn.Module, nn.Module]:
+        """The opening and the closing (or classifier); empty modules without ends."""
+        if not self.ends and self._parts is None:
+            return nn.Identity(), nn.Identity()
+        return self.opening, getattr(self, self._closing_name)
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take this rank's part of a whole-network state dict (from :meth:`full_state_dict` or ``ODEResNet.state_dict()``)."""
-        expected = [f"opening.{k}" for k in self.opening.state_dict()]
+        opening, closing = self._ends()
+        expected = [f"opening.{k}" for k in opening.state_dict()]
         expected += [f"layers.{n}.{k}" for n in range(self.depth) for k in self._layer_keys[n]]
-        expected += [f"{self._closing_name}.{k}" for k in getattr(self, self._closing_name).state_dict()]
+        expected += [f"{self._closing_name}.{k}" for k in closing.state_dict()]
         missing = [k for k in expected if k not in state]
         if missing or len(state) != len(expected):
             extra = sorted(set(state) - set(expected))
@@ -387,13 +425,7 @@ class LayerParallel(nn.Module):
 
     def warm_start_bytes(self) -> int:
         """Bytes of the warm-start states this rank holds (forward and adjoint, every key)."""
-        return sum(
-            s.numel() * s.element_size()
-            for w in self._warm.values()
-            for states in (w.forward, w.adjoint)
-            for s in states or ()
-            if s is not None
-        )
+        return warm_bytes(self._warm)
 
     def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
         """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
@@ -404,37 +436,14 @@ class LayerParallel(nn.Module):
         Independent of the rank count; :meth:`load_warm_state_dict` takes them
         back at any rank count, so a resumed one-shot run continues exactly.
         """
-        fwd_start, adj_start = self._solves.forward.owned_points.start, self._solves.adjoint.owned_points.start
-
-        def host(states):
-            return None if states is None else [None if s is None else s.detach().cpu() for s in states]
-
-        local = {key: (w.fingerprint, fwd_start, host(w.forward), adj_start, host(w.adjoint)) for key, w in self._warm.items()}
-        merged: dict[Hashable, dict[str, Any]] = {}
-        for part in self.backend.allgather(local):
-            for key, (fingerprint, fs, fwd, as_, adj) in part.items():
-                entry = merged.setdefault(key, {"fingerprint": fingerprint, "forward": {}, "adjoint": {}})
-                for name, start, states in (("forward", fs, fwd), ("adjoint", as_, adj)):
-                    if states is not None:
-                        entry[name].update((start + i, s) for i, s in enumerate(states))
-        points = self.depth + 1
-        for entry in merged.values():
-            for name in ("forward", "adjoint"):
-                got = entry[name]
-                entry[name] = [got[i] for i in range(points)] if len(got) == points else None
-        return merged
+        solves = self._solves
+        return gather_trajectories(
+            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1
+        )
 
     def load_warm_state_dict(self, states: dict[Hashable, dict[str, Any]]) -> None:
         """Take this rank's part of :meth:`warm_state_dict` (replaces the current warm starts)."""
-        fwd, adj = self._solves.forward.owned_points, self._solves.adjoint.owned_points
-
-        def mine(trajectory, block):
-            return None if trajectory is None else [None if trajectory[i] is None else trajectory[i].to(self.device) for i in block]
-
-        self._warm = {
-            key: _WarmStart(tuple(entry["fingerprint"]), mine(entry["forward"], fwd), mine(entry["adjoint"], adj))
-            for key, entry in states.items()
-        }
+        self._warm = split_trajectories(states, self._solves.forward.owned_points, self._solves.adjoint.owned_points, self.device)
 
     def extra_repr(self) -> str:
         """Depth, owned layers and ranks, for ``repr``."""

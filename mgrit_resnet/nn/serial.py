@@ -10,7 +10,7 @@ from torch import nn
 from .. import comm as comm_module
 from .layers import NetworkSpec, ResidualLayer, classify, make_classifier, make_opening, open_state, residual_step, resolve_device
 from .spec import input_problem
-from .user import UserParts, check_arguments, default_device, set_modes, user_network_parts
+from .user import UserParts, check_arguments, check_ends, check_one_stage, default_device, set_modes, user_network_parts
 
 
 class ODEResNet(nn.Module):
@@ -34,6 +34,9 @@ class ODEResNet(nn.Module):
         the same network at any rank count.
     block, depth, t_final, opening, closing, input_shape, device
         A user network, as in :class:`LayerParallel`.
+    ends
+        ``False``: the layers alone, ``x_0 -> x_N`` (no opening, no classifier
+        or closing), as in :class:`LayerParallel`.
 
     Examples
     --------
@@ -54,17 +57,20 @@ class ODEResNet(nn.Module):
         closing: nn.Module | None = None,
         input_shape: tuple[int, ...] | None = None,
         device: Any = None,
+        ends: bool = True,
     ) -> None:
         check_arguments(spec, block, depth, t_final, opening=opening, closing=closing, input_shape=input_shape, device=device)
+        check_ends(ends, opening, closing)
         super().__init__()
         self.spec = spec
+        self.ends = ends
         self._parts: UserParts | None = None
         if spec is not None:
             self.depth, self.t_final, self.dtype = spec.depth, spec.t_final, spec.torch_dtype
             self.device = resolve_device(spec)
-            self.opening = make_opening(spec, seed, self.device)
+            self.opening = make_opening(spec, seed, self.device) if ends else None
             self.layers = nn.ModuleList(ResidualLayer(spec, n, seed, self.device) for n in range(spec.depth))
-            self.classifier = make_classifier(spec, seed, self.device)
+            self.classifier = make_classifier(spec, seed, self.device) if ends else None
             return
         self.depth, self.t_final, self.device = depth, t_final, default_device(opening, device)
         parts = UserParts(comm_module.SerialBackend(), block, seed, range(depth), opening, closing, self.device, input_shape)
@@ -79,7 +85,7 @@ class ODEResNet(nn.Module):
         """Build from the config's ``[network]`` section (``kind = "module"``: the user's network, see ``LayerParallel.from_config``)."""
         values = network.as_dict() if hasattr(network, "as_dict") else dict(network)
         if values.get("kind") == "module":
-            return cls(seed=seed, **user_network_parts(network))
+            return cls(seed=seed, **check_one_stage(user_network_parts(network)))
         return cls(NetworkSpec.from_config(network), seed=seed)
 
     @property
@@ -98,11 +104,12 @@ class ODEResNet(nn.Module):
         """All layer states ``x_0, ..., x_N`` for the input batch ``x``."""
         if self._parts is not None:
             return self._user_states(x)
-        problem = self.spec.check_input(x)
+        _, problem = self.spec.input_problem(x) if self.ends else self.spec.state_problem(x)
         if problem is not None:
             raise ValueError(problem)
         spec, ops, act, h = self.spec, self.spec.ops, self.spec.act, self.spec.h
-        state = open_state(spec, self.opening, x.to(self.opening.weight))
+        x = x.to(device=self.device, dtype=self.dtype)
+        state = open_state(spec, self.opening, x) if self.ends else x
         out = [state]
         for layer in self.layers:
             state = residual_step(ops, act, state, layer.weight, layer.bias, h)
@@ -125,4 +132,5 @@ class ODEResNet(nn.Module):
         """Logits for the input batch ``x``."""
         if self._parts is not None:
             return self.closing(self.states(x)[-1])
-        return classify(self.spec, self.classifier, self.states(x)[-1])
+        state = self.states(x)[-1]
+        return classify(self.spec, self.classifier, state) if self.ends else state

@@ -23,6 +23,8 @@ DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_N
 
 #: The ``[network]`` keys that only a user network (``kind = "module"``) reads.
 USER_NETWORK_KEYS = ("module", "options")
+#: The ``[network]`` keys that only a network of stages reads (:mod:`~mgrit_resnet.nn.configured`).
+STAGE_KEYS = ("depths", "widths")
 #: The input checks' verdicts by code, for ranks that compare them (0: a valid input).
 INPUT_PROBLEMS = ("not a tensor", "of the wrong shape", "not floating-point", "not finite")
 #: The code and the message of the one problem whose message does not depend on the input.
@@ -74,9 +76,14 @@ class NetworkSpec:
 
     @classmethod
     def from_config(cls, section: Any) -> NetworkSpec:
-        """From a config ``[network]`` section (or a mapping with its keys; those of user networks are ignored)."""
+        """From a config ``[network]`` section (or a mapping with its keys; those of user networks and empty stage lists are ignored)."""
         values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
-        for key in USER_NETWORK_KEYS:
+        if values.get("depths"):
+            raise ValueError(
+                f"network.depths = {values['depths']} makes a network of stages, not a NetworkSpec: build it with "
+                "mgrit_resnet.nn.serial_from_config / parallel_from_config (or StagedResNet / StagedParallel)"
+            )
+        for key in (*USER_NETWORK_KEYS, *STAGE_KEYS):
             values.pop(key, None)
         return cls(**values)
 
@@ -120,6 +127,18 @@ class NetworkSpec:
         ``k`` is one more than the problem's index in :data:`INPUT_PROBLEMS`.
         """
         return input_problem(x, self._shape_problem)
+
+    def state_problem(self, x: Any) -> tuple[int, str | None]:
+        """As :meth:`input_problem`, for a batch of layer states: ``(batch, width)`` (dense) or ``(batch, width, H, W)`` (conv)."""
+        return input_problem(x, self.state_shape_problem)
+
+    def state_shape_problem(self, x: torch.Tensor) -> str | None:
+        """Why ``x`` is not a batch of states of these layers by its shape, or ``None``."""
+        dims = 2 if self.kind == "dense" else 4
+        if x.dim() != dims or x.shape[1] != self.width or min(x.shape) < 1:
+            expected = f"batch, {self.width}" if self.kind == "dense" else f"batch, {self.width}, H, W"
+            return f"the states of {self.kind} layers of width {self.width} must have shape ({expected}); got {tuple(x.shape)}"
+        return None
 
     def _shape_problem(self, x: torch.Tensor) -> str | None:
         shape = self.input_shape()

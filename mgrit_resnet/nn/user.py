@@ -8,10 +8,29 @@ shape and dtype and must not change between calls (no batch statistics, no
 dropout, no running buffers). The checks here find the ones that do not;
 :class:`~mgrit_resnet.nn.LayerParallel` combines the ranks' verdicts so that
 every rank raises the same error.
+
+The replicated modules run on every rank, on the same input. The
+transitions of a network of stages must be fixed maps too (checked by the
+same verdicts, :func:`fixed_map`): dropout would draw each rank's mask from
+that rank's own generator, and BatchNorm in training mode would renormalise
+and change its running buffers at every call. The opening and the closing
+may hold both (their ``train()`` / ``eval()`` modes are yours), with these
+semantics: BatchNorm in training mode sees the same batch on every rank, so it
+normalises alike and updates its running buffers alike everywhere (with data
+groups, ``train.data_parallel > 1``, each group its own share); dropout draws
+every rank's mask from that rank's torch generator, so the replicas apply the
+same mask, and equal the serial twin's, only while every rank's generator is
+in the same state. The processes of ``mpiexec`` start with the same default
+seed and nothing here draws from the global generator (construction and
+probes run under forked generators), so seed every rank alike
+(``torch.manual_seed(s)`` on all of them, not by rank) and draw alike; ranks
+as threads (:class:`~mgrit_resnet.comm.threads.ThreadWorld`) share one
+generator and never agree. ``tests/test_replicated_modules.py`` pins this.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,8 +47,20 @@ ERRORS = {NOT_MODULE: TypeError, NOT_TENSOR: TypeError}
 OPENING, CLOSING = -1, -2
 
 
+def transition_part(index: int) -> int:
+    """The layer index a verdict about transition ``index`` of a staged network carries."""
+    return -3 - index
+
+
+def fixed_map(layer: int) -> bool:
+    """Whether part ``layer`` must be a fixed function of its input: a block or a transition (not the opening or the closing)."""
+    return layer >= 0 or layer <= transition_part(0)
+
+
 def part_name(layer: int) -> str:
-    """``"layer n"``, ``"the opening"`` or ``"the closing"``."""
+    """``"layer n"``, ``"the opening"``, ``"the closing"`` or ``"transitions[s]"``."""
+    if layer <= transition_part(0):
+        return f"transitions[{transition_part(0) - layer}]"
     return {OPENING: "the opening", CLOSING: "the closing"}.get(layer, f"layer {layer}")
 
 
@@ -75,22 +106,31 @@ def block_verdict(layer: int, block: Any, device: torch.device) -> tuple[int, st
 
 
 def module_verdict(layer: int, module: nn.Module, device: torch.device) -> tuple[int, str | None]:
-    """Stateful layers by type (blocks only) and parameters or buffers off ``device``."""
+    """Stateful layers by type (blocks and transitions: :func:`fixed_map`) and parameters or buffers off ``device``."""
     name = part_name(layer)
-    if layer >= 0:
+    if fixed_map(layer):
+        block = layer >= 0
         for path, sub in module.named_modules():
             where = f"{name} ({type(sub).__name__} {path!r})" if path else f"{name} ({type(sub).__name__})"
             if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+                why = (
+                    "so a layer would not be the same map at every MGRIT evaluation"
+                    if block
+                    else "at every call, evaluations included (and with data groups each group sees its own share of "
+                    "the batch), so the transition, replicated on every rank, would not be one fixed map"
+                )
                 return BATCH_NORM, (
-                    f"{where}: BatchNorm in training mode normalises with batch statistics and updates running buffers, "
-                    "so a layer would not be the same map at every MGRIT evaluation; use GroupNorm or LayerNorm, "
-                    "or call .eval() on it to make it a fixed affine map"
+                    f"{where}: BatchNorm in training mode normalises with batch statistics and updates running buffers"
+                    f"{', ' if block else ' '}{why}; use GroupNorm or LayerNorm, or call .eval() on it to make it a fixed affine map"
                 )
             if isinstance(sub, nn.modules.dropout._DropoutNd):
-                return DROPOUT, (
-                    f"{where}: dropout draws a new mask at every evaluation, and MGRIT evaluates each layer many times "
-                    "per call; remove it (regularise the opening or the closing instead)"
+                why = (
+                    "draws a new mask at every evaluation, and MGRIT evaluates each layer many times per call"
+                    if block
+                    else "draws its mask from each rank's own random generator, so the transition, replicated on every "
+                    "rank, would not be the same map on every rank (nor the serial twin's)"
                 )
+                return DROPOUT, f"{where}: dropout {why}; remove it (regularise the opening or the closing instead)"
     for what, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
         for path, t in tensors:
             if t.device != device:
@@ -98,24 +138,34 @@ def module_verdict(layer: int, module: nn.Module, device: torch.device) -> tuple
     return 0, None
 
 
+def evaluate_twice(module: nn.Module, x: torch.Tensor) -> tuple[Any, Any, bool]:
+    """``module(x)`` twice without a graph, under a forked generator: both results, and whether the first call changed a buffer.
+
+    The module's buffers and torch's generator are as they were afterwards; an exception of ``module`` propagates.
+    """
+    buffers = list(module.buffers())
+    before = [b.detach().clone() for b in buffers]
+    try:
+        with rng_lock(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+            first = module(x)
+            between = [b.detach().clone() for b in buffers]
+            second = module(x)
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, before):
+                b.copy_(value)
+    return first, second, any(not _same(b, v) for b, v in zip(between, before))
+
+
 def probe_block(layer: int, block: nn.Module, state: torch.Tensor) -> tuple[int, str | None]:
     """Run ``block`` twice on ``state``: it must return a tensor of the state's shape and dtype, the same both times,
     and leave its buffers as they were. The block's buffers and torch's generator are restored afterwards.
     """
     name = part_name(layer)
-    buffers = list(block.buffers())
-    before = [b.detach().clone() for b in buffers]
     try:
-        with rng_lock(), torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []), torch.no_grad():
-            first = block(state)
-            between = [b.detach().clone() for b in buffers]
-            second = block(state)
+        first, second, changed = evaluate_twice(block, state)
     except Exception as error:  # reported on every rank, as a verdict
         return PROBE_RAISED, f"{name}: the block raised {type(error).__name__} on a state of shape {tuple(state.shape)}: {error}"
-    finally:
-        with torch.no_grad():
-            for b, value in zip(buffers, before):
-                b.copy_(value)
     if not isinstance(first, torch.Tensor):
         return NOT_TENSOR, f"{name}: the block must return a torch.Tensor; got {type(first).__name__}"
     if first.shape != state.shape or first.dtype != state.dtype:
@@ -123,13 +173,31 @@ def probe_block(layer: int, block: nn.Module, state: torch.Tensor) -> tuple[int,
             f"{name}: the block maps a state of shape {tuple(state.shape)} ({state.dtype}) to {tuple(first.shape)} ({first.dtype}); "
             "a residual branch f_n in x + h f_n(x) must keep the state's shape and dtype"
         )
-    changed = [b for b, v in zip(between, before) if not _same(b, v)]
     if changed or not isinstance(second, torch.Tensor) or not _same(first, second):
         what = "its buffers" if changed else "its output"
         return STATEFUL, (
             f"{name}: {what} changed from one evaluation to the next on the same input; MGRIT evaluates every layer "
             "many times per call, so a block must be a fixed function of its input and parameters "
             "(no batch statistics, dropout or running buffers)"
+        )
+    return 0, None
+
+
+def probe_transition(layer: int, module: nn.Module, state: torch.Tensor) -> tuple[int, str | None]:
+    """Run transition ``module`` (part ``layer``) twice on ``state``: it must give the same result both times and leave its
+    buffers as they were (the shape is the next stage's to check). Its buffers and torch's generator are restored afterwards.
+    """
+    name = part_name(layer)
+    try:
+        first, second, changed = evaluate_twice(module, state)
+    except Exception as error:  # reported on every rank, as a verdict
+        return PROBE_RAISED, f"{name} raised {type(error).__name__} on states of shape {tuple(state.shape)}: {error}"
+    if changed or not isinstance(first, torch.Tensor) or not isinstance(second, torch.Tensor) or not _same(first, second):
+        what = "its buffers" if changed else "its output"
+        return STATEFUL, (
+            f"{name}: {what} changed from one evaluation to the next on the same input; a transition runs on every rank "
+            "(it is replicated), so it must be a fixed function of its input and parameters "
+            "(no batch statistics, random draws or running buffers)"
         )
     return 0, None
 
@@ -157,12 +225,19 @@ def probe_state(opening: nn.Module, input_shape: tuple[int, ...], dtype: torch.d
                 b.copy_(value)
 
 
-def combine(backend: Any, code: int, layer: int, shape: tuple[int, int] = (0, 0), message: str | None = None) -> None:
+def combine(
+    backend: Any,
+    code: int,
+    layer: int,
+    shape: tuple[int, int] = (0, 0),
+    message: str | None = None,
+    ends: str = "the opening and the closing",
+) -> None:
     """Collective: raise on every rank the error of the first rank whose verdict ``(code, layer)`` is not fine.
 
     One small buffer gather of every rank's verdict and of ``shape`` (two
     integers that must agree on every rank: the count and the bytes of the
-    replicated tensors); only when something failed, one more gather of the messages.
+    replicated tensors, ``ends`` in the message); only when something failed, one more gather of the messages.
     """
     if backend.size == 1:
         if code:
@@ -175,7 +250,7 @@ def combine(backend: Any, code: int, layer: int, shape: tuple[int, int] = (0, 0)
     messages = backend.allgather(message)
     if not failed.size:
         raise ValueError(
-            "the opening and the closing must be the same modules on every rank (they are replicated); "
+            f"{ends} must be the same modules on every rank (they are replicated); "
             f"their parameters and buffers differ in number or size: {rows[:, 2:].tolist()} by rank"
         )
     rank = int(failed[0])
@@ -217,6 +292,14 @@ def check_arguments(spec: Any, block: Any, depth: Any, t_final: Any, **block_onl
         raise ValueError(f"depth must be an integer >= 1; got {depth!r}")
     if isinstance(t_final, bool) or not isinstance(t_final, (int, float)) or not t_final > 0 or t_final == float("inf"):
         raise ValueError(f"t_final must be a finite real number > 0; got {t_final!r}")
+
+
+def check_ends(ends: Any, opening: Any, closing: Any) -> None:
+    """``TypeError`` unless ``ends`` is a bool, and with ``ends=False`` no opening or closing is given."""
+    if not isinstance(ends, bool):
+        raise TypeError(f"ends must be true or false; got {ends!r}")
+    if not ends and (opening is not None or closing is not None):
+        raise TypeError("ends=False is the layers alone: pass no opening and no closing")
 
 
 def default_device(opening: Any, device: Any) -> torch.device:
@@ -288,8 +371,11 @@ class UserParts:
                 raise ValueError(f"input_shape must be a tuple of positive integers (one sample's shape); got {input_shape!r}")
             self.probe(backend, probe_state(opening, shape, self.dtype, device))
 
-    def probe(self, backend: Any, state: torch.Tensor) -> None:
-        """Collective, once per state shape and dtype: :func:`probe_block` on every block of this rank; the same error on every rank."""
+    def probe(self, backend: Any, state: torch.Tensor, relabel: Callable[[int, str], str] | None = None) -> None:
+        """Collective, once per state shape and dtype: :func:`probe_block` on every block of this rank; the same error on every rank.
+
+        ``relabel(code, message)`` rewrites a refusal's message (a stage says which stage and what fed it).
+        """
         key = (tuple(state.shape[1:]), state.dtype)
         if key in self.probed:
             return
@@ -299,6 +385,8 @@ class UserParts:
             code, message = probe_block(n, block, sample)
             if code:
                 layer = n
+                if relabel is not None:
+                    message = relabel(code, message)
                 break
         combine(backend, code, layer, message=message)
         self.probed.add(key)
@@ -312,18 +400,52 @@ def network_value(network: Any, key: str) -> Any:
 def user_network_parts(network: Any, local_rank: int = 0) -> dict[str, Any]:
     """The constructor arguments of a ``network.kind = "module"`` section: the user's blocks, opening and closing
     (from ``network.module``'s ``build(options)``) in ``network.dtype`` on the rank's device, ``depth`` and ``t_final``.
+
+    For a builder that returns stages: ``stages`` (your own blocks converted so), ``transitions``, ``opening``,
+    ``closing``, ``device`` and ``dtype``, the arguments of :class:`~mgrit_resnet.nn.StagedParallel`.
     """
     from .builder import network_parts
 
-    make_block, opening, closing = network_parts(network)
+    parts = network_parts(network)
     device = device_named(network_value(network, "device") or "cpu", local_rank)
     dtype = DTYPES[network_value(network, "dtype") or "float32"]
 
     def convert(module: Any) -> Any:
         return module.to(device=device, dtype=dtype) if isinstance(module, nn.Module) else module
 
-    def block(layer: int) -> Any:
-        return convert(make_block(layer))
+    def converted(make_block: Any) -> Any:
+        return lambda layer: convert(make_block(layer))
 
+    if isinstance(parts, dict):
+        stages = [_converted_stage(stage, converted) for stage in parts["stages"]] if isinstance(parts["stages"], list) else parts["stages"]
+        transitions = parts["transitions"]
+        transitions = [convert(t) for t in transitions] if isinstance(transitions, list) else transitions
+        return dict(
+            stages=stages, transitions=transitions, opening=convert(parts["opening"]), closing=convert(parts["closing"]),
+            device=device, dtype=dtype,
+        )  # fmt: skip
+    make_block, opening, closing = parts
     depth, t_final = network_value(network, "depth"), network_value(network, "t_final")
-    return dict(block=block, depth=depth, t_final=t_final, opening=convert(opening), closing=convert(closing), device=device)
+    opening, closing = convert(opening), convert(closing)
+    return dict(block=converted(make_block), depth=depth, t_final=t_final, opening=opening, closing=closing, device=device)
+
+
+def check_one_stage(parts: dict[str, Any]) -> dict[str, Any]:
+    """``parts`` of :func:`user_network_parts` unless they are a network of stages (``TypeError``)."""
+    if "stages" in parts:
+        raise TypeError(
+            "network.module's build(options) returns stages: build the network with mgrit_resnet.nn.serial_from_config / "
+            "parallel_from_config (StagedResNet / StagedParallel)"
+        )
+    return parts
+
+
+def _converted_stage(stage: Any, converted: Any) -> Any:
+    """A stage (a ``Stage`` or a mapping of its fields) whose ``block`` converts what it makes; anything else as it is."""
+    from dataclasses import is_dataclass, replace
+
+    if is_dataclass(stage) and not isinstance(stage, type) and callable(getattr(stage, "block", None)):
+        return replace(stage, block=converted(stage.block))
+    if isinstance(stage, dict) and callable(stage.get("block")):
+        return {**stage, "block": converted(stage["block"])}
+    return stage

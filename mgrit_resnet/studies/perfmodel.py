@@ -17,6 +17,17 @@ coarse, forward and adjoint), as are the per-layer gradient and optimiser work
 and the replicated opening and classifier; the solver's bookkeeping per step
 is what remains of the measured 1-rank time. Times are thread CPU time, so a
 busy machine slows the calibration less than it slows wall clocks.
+
+A network of stages (:class:`~mgrit_resnet.nn.StagedParallel`) runs one MGRIT
+solve per stage over all ranks. Its model calibrates every stage at its own
+width and resolution, and every transition (:class:`StagedCosts`), and
+simulates the network's schedule (:func:`simulate_staged_step`): the stages'
+forward solves in order, each followed by the broadcast of its final state and
+the replicated transition; the closing and loss; the adjoint solves in reverse
+order, each followed by the broadcast of its input gradient, its layers'
+gradients and the transition's gradient; the updates. The stages'
+solves do not overlap, so the step is close to the sum of every stage's
+solves plus the replicated work.
 """
 
 from __future__ import annotations
@@ -31,8 +42,10 @@ from .calibrate import calibrate_training as calibrate_training
 from .calibrate import cpu_seconds as cpu_seconds
 from .calibrate import training_batch as training_batch
 from .calibrate import training_step as training_step
+from .schedule import StagedCosts as StagedCosts
 from .schedule import StepCosts as StepCosts
 from .schedule import simulate_solve as simulate_solve
+from .schedule import simulate_staged_step as simulate_staged_step
 from .schedule import simulate_training_step as simulate_training_step
 from .schedule import solver_options as solver_options
 
@@ -65,11 +78,26 @@ def check_training_ranks(cfg: Any, ranks: int) -> None:
     """Raise ``ValueError`` saying why ``ranks`` ranks cannot run a one-shot training step of ``cfg``, if they cannot.
 
     The checks of :func:`mgrit_resnet.training.check` for ``cfg`` under
-    ``train.strategy = 'one_shot'``, the step this model predicts.
+    ``train.strategy = 'one_shot'``, the step this model predicts (for a
+    network of stages, ``network.depths``, every stage's).
     """
     from ..training.checks import check
 
     check(cfg if cfg.train.strategy == "one_shot" else cfg.with_overrides({"train.strategy": "one_shot"}), ranks)
+
+
+def check_stage_depths(depths: Sequence[int], ranks: int) -> None:
+    """Raise ``ValueError`` unless every stage has a layer on every one of ``ranks`` layer-ranks (``depth >= 2 ranks - 1``).
+
+    :func:`check_training_ranks` checks ``network.depths``; this checks the
+    stages a builder returned (``network.kind = "module"``), which the config does not know.
+    """
+    for s, depth in enumerate(depths):
+        if depth < 2 * ranks - 1:
+            raise ValueError(
+                f"stages[{s}] has {depth} layers < 2 * ranks - 1 = {2 * ranks - 1}: some rank would hold no layer of it "
+                f"(allowed: at most {(depth + 1) // 2} layer-ranks)"
+            )
 
 
 def predict(
@@ -91,7 +119,9 @@ def predict(
     of
         ``"train"``: one one-shot training step of ``[network]`` with
         ``train.fwd_iters`` / ``bwd_iters`` and the ``[mgrit]`` hierarchy
-        (with ``train.data_parallel = D``, ``P`` ranks are ``D`` groups of ``P / D``);
+        (with ``train.data_parallel = D``, ``P`` ranks are ``D`` groups of ``P / D``;
+        a network of stages is every stage's solves over all ranks in turn,
+        :func:`simulate_staged_step`);
         ``"solve"``: the MGRIT solve of ``[problem]`` (its iteration count
         measured on one rank: it is the same at every rank count).
     network
@@ -110,10 +140,14 @@ def predict(
         try:
             if of == "train":
                 check_training_ranks(cfg, p)
-                depth, groups = cfg.network.depth, cfg.train.data_parallel
+                groups, costs = cfg.train.data_parallel, calibration.costs
                 fwd, bwd = calibration.iterations
                 options = solver_options(cfg)
-                elapsed, _ = simulate_training_step(depth, options, p // groups, calibration.costs, network, fwd, bwd, groups)
+                if isinstance(costs, StagedCosts):
+                    check_stage_depths(costs.depths, p // groups)
+                    elapsed, _ = simulate_staged_step(options, p // groups, costs, network, fwd, bwd, groups)
+                else:
+                    elapsed, _ = simulate_training_step(cfg.network.depth, options, p // groups, costs, network, fwd, bwd, groups)
             else:
                 elapsed, _ = simulate_solve(
                     cfg.problem.n_steps, solver_options(cfg), p, calibration.costs, network, calibration.iterations[0]
@@ -124,6 +158,21 @@ def predict(
         if progress is not None:
             progress(p)
     return calibration, rows
+
+
+def format_stages(costs: StagedCosts) -> str:
+    """One line per stage of a staged calibration: its layers, fine step costs and state size; then the transitions."""
+    lines = []
+    for s, (depth, stage) in enumerate(zip(costs.depths, costs.stages)):
+        adjoint = stage.adjoint or stage.forward
+        lines.append(
+            f"stage {s}: {depth} layers, fine step {stage.forward[0] * 1e6:.1f} us forward / {adjoint[0] * 1e6:.1f} us adjoint, "
+            f"state {stage.state_bytes / 1024:.1f} KiB"
+        )
+    if costs.transition_forward:
+        each = ", ".join(f"{f * 1e3:.3f} / {b * 1e3:.3f}" for f, b in zip(costs.transition_forward, costs.transition_backward))
+        lines.append(f"transitions (forward / backward, ms): {each}; opening, closing and loss {costs.replicated * 1e3:.3f} ms")
+    return "\n".join(lines)
 
 
 def format_table(rows: Sequence[ScalingRow]) -> str:

@@ -102,7 +102,12 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
         return _plot_blockwise(rows, f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name, path)
     epochs = [r["epoch"] for r in rows]
     has_solver = any(r.get("fwd_residual") is not None for r in rows)
-    fig, axes = plt.subplots(1, 3 if has_solver else 2, figsize=(13 if has_solver else 9, 3.8))
+    adaptive = any(r.get("iters_schedule") for r in rows)  # train.fwd_iters / bwd_iters = "auto"
+    columns = 3 if has_solver else 2
+    fig, grid = plt.subplots(2 if adaptive else 1, columns, figsize=(13 if has_solver else 9, 7.6 if adaptive else 3.8), squeeze=False)
+    axes = grid[0]
+    if adaptive:
+        _plot_adaptive(rows, grid[1])
     axes[0].plot(epochs, [r["train_loss"] for r in rows], marker="o")
     axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
     axes[1].plot(epochs, [r["train_accuracy"] for r in rows], marker="o", label="training (running)")
@@ -116,10 +121,51 @@ def plot_training(run_dir: str | Path, path: str | Path) -> Path:
             axes[2].semilogy(epochs, [v if v else float("nan") for v in values], marker="o", label=label)
         axes[2].set(xlabel="epoch", ylabel="residual after the last step's solve", title="MGRIT residuals")
         axes[2].legend()
-    for ax in axes:
+    for ax in grid.flat:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{Path(run_dir).name}: {strategy}" if strategy else Path(run_dir).name)
     return _save(fig, path)
+
+
+def _plot_adaptive(rows: list[dict], axes: Sequence[Any]) -> None:
+    """An ``"auto"`` one-shot run: the iterations chosen, the gradient error (estimated, measured, target) and the work.
+
+    Steps are placed at fractional epochs (step ``s`` of an epoch of ``S``
+    steps at ``epoch - 1 + (s - 1) / S``), so every change of the counts and
+    every exact check shows where it happened.
+    """
+    where = []  # (x, fwd, bwd) from each change of the counts on
+    checks = []  # (x, estimate, measured, probe)
+    for r in rows:
+        steps = max(r.get("steps") or 1, 1)
+        start = r["epoch"] - 1
+        where += [(start + (step - 1) / steps, fwd, bwd) for step, fwd, bwd in r.get("iters_schedule") or []]
+        checks += [(start + (c["step"] - 1) / steps, c["estimate"], c["measured"], c.get("probe")) for c in r.get("grad_checks") or []]
+    end = rows[-1]["epoch"]
+    if where:
+        xs = [w[0] for w in where] + [end]
+        for k, (label, style) in enumerate((("forward", "-"), ("adjoint", "--")), 1):
+            axes[0].step(xs, [w[k] for w in where] + [where[-1][k]], style, where="post", label=label)
+    axes[0].set(xlabel="epoch", ylabel="MGRIT iterations per step", title="iterations chosen (auto)")
+    axes[0].yaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8)
+
+    def positive(values: list) -> list:
+        return [v if v is not None and v > 0 else float("nan") for v in values]
+
+    shown = [c for c in checks if c[2] is not None]
+    if shown:
+        axes[1].semilogy([c[0] for c in shown], positive([c[2] for c in shown]), "o", ms=3, label="measured (exact checks)")
+        axes[1].semilogy([c[0] for c in shown], positive([c[1] for c in shown]), "x", ms=4, label="estimated before the check")
+    epochs = [r["epoch"] for r in rows]
+    axes[1].semilogy([e - 0.5 for e in epochs], positive([r.get("grad_error_estimate") for r in rows]), "-", label="estimate, epoch mean")
+    targets = positive([r.get("grad_error_target") for r in rows])
+    axes[1].step([e - 1 for e in epochs] + [end], targets + targets[-1:], "k--", where="post", lw=1, label="target")
+    axes[1].set(xlabel="epoch", ylabel="relative gradient error", title="gradient error")
+    axes[1].legend(fontsize=7)
+    if len(axes) > 2:
+        axes[2].plot(epochs, [r.get("total_layer_steps") for r in rows], marker="o")
+        axes[2].set(xlabel="epoch", ylabel="layer steps since the start", title="work (forward + adjoint layer steps)")
 
 
 def _plot_blockwise(rows: list[dict], title: str, path: str | Path) -> Path:

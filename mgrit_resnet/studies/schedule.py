@@ -5,6 +5,9 @@ The real MGRIT code runs for P ranks as threads of one process
 scalar states; each step charges its measured cost (:class:`StepCosts`) and
 each message and collective advances the clocks as
 :class:`~mgrit_resnet.comm.clocked.ClockedBackend` does in a real run.
+A network of stages (:class:`~mgrit_resnet.nn.StagedParallel`) is the same
+schedule once per stage, its costs :class:`StagedCosts`
+(:func:`simulate_staged_step`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,52 @@ class StepCosts:
     layers: int = 0
     scale: float = 1.0
     replicated_bytes: int = 0
+
+
+@dataclass
+class StagedCosts:
+    """Measured seconds of a one-shot training step of a network of stages (:class:`~mgrit_resnet.nn.StagedParallel`).
+
+    Attributes
+    ----------
+    depths
+        The layers of every stage.
+    stages
+        Every stage's :class:`StepCosts` (its own width and resolution): its
+        steps by level, bookkeeping per step, state and layer sizes;
+        ``per_layer`` is the parameter gradient of one of its layers (paid
+        right after the stage's adjoint solve), ``layers`` its depth;
+        ``replicated`` and ``replicated_bytes`` are unused (0).
+    updates
+        The optimiser update of one layer of every stage (paid at the end of the step).
+    transition_forward, transition_backward
+        Transition ``s`` (from stage ``s`` to ``s + 1``) and its gradient, on every rank.
+    replicated
+        The rest of the work every rank does: opening, closing, loss, their
+        gradients, and the update of the replicated parameters.
+    replicated_bytes
+        Size of the replicated parameters (opening, transitions, closing).
+    scale
+        As :attr:`StepCosts.scale`, for all the parts.
+    """
+
+    depths: list[int]
+    stages: list[StepCosts]
+    updates: list[float]
+    transition_forward: list[float] = field(default_factory=list)
+    transition_backward: list[float] = field(default_factory=list)
+    replicated: float = 0.0
+    replicated_bytes: int = 0
+    scale: float = 1.0
+
+    @classmethod
+    def one_stage(cls, depth: int, costs: StepCosts) -> StagedCosts:
+        """The costs of a network of one stage that are those of the one-stage network of ``costs``.
+
+        :func:`simulate_staged_step` then gives the figures of :func:`simulate_training_step`.
+        """
+        stage = replace(costs, replicated=0.0, replicated_bytes=0)
+        return cls([depth], [stage], [0.0], replicated=costs.replicated, replicated_bytes=costs.replicated_bytes, scale=costs.scale)
 
 
 class _StandIn:
@@ -177,36 +226,96 @@ def simulate_training_step(
     -------
     The largest final clock, and the steps per level of both solves summed over ranks.
     """
+    time, calls = _simulate_step(StagedCosts.one_stage(depth, costs), options, ranks, network, fwd_iters, bwd_iters, data_groups)
+    return time, {"forward": calls["forward"][0], "adjoint": calls["adjoint"][0]}
+
+
+def simulate_staged_step(
+    options: dict[str, Any],
+    ranks: int,
+    costs: StagedCosts,
+    network: tuple[float, float],
+    fwd_iters: int,
+    bwd_iters: int,
+    data_groups: int = 1,
+) -> tuple[float, dict[str, list[dict[int, int]]]]:
+    """Predicted wall time of one warm-started one-shot training step of :class:`~mgrit_resnet.nn.StagedParallel`.
+
+    The network's schedule: for stage ``s = 0, ..., S-1`` the schedule of
+    :func:`simulate_training_step`'s forward half (the foreign coarse-level
+    weights of the stage fetched, its forward solve over all ``ranks``, its
+    final state broadcast from the last rank), then transition ``s`` on every
+    rank; the replicated opening, closing and loss; for ``s = S-1, ..., 0``
+    the stage's adjoint solve over the ranks in reverse order, its input
+    gradient broadcast from rank 0, its owned layers' parameter gradients,
+    then the gradient of transition ``s - 1`` on every rank; at the end the
+    updates of every rank's own layers (and with ``data_groups``, one
+    gradient allreduce of its layers of every stage and the replicated
+    parameters). Each stage steps, and sends states, at its own costs and sizes.
+
+    Returns
+    -------
+    The largest final clock, and each stage's steps per level (``calls["forward"][s]``), summed over ranks.
+    """
+    return _simulate_step(costs, options, ranks, network, fwd_iters, bwd_iters, data_groups)
+
+
+def _simulate_step(
+    costs: StagedCosts,
+    options: dict[str, Any],
+    ranks: int,
+    network: tuple[float, float],
+    fwd_iters: int,
+    bwd_iters: int,
+    data_groups: int,
+) -> tuple[float, dict[str, list[dict[int, int]]]]:
+    """The schedule of :func:`simulate_staged_step` (of one stage: :func:`simulate_training_step`'s, charge for charge)."""
     from ..nn.partition import WEIGHT_TAG, foreign_layers, layer_partition
 
-    fwd_bounds, adj_bounds, layer_bounds = layer_partition(depth, ranks)
+    count = len(costs.stages)
+    partitions = [layer_partition(depth, ranks) for depth in costs.depths]
 
-    def sizes(buffer: Any, tag: int) -> int:
-        return costs.weight_bytes if tag == WEIGHT_TAG else costs.state_bytes
+    def sizes(stage: StepCosts) -> Any:
+        return lambda buffer, tag: stage.weight_bytes if tag == WEIGHT_TAG else stage.state_bytes
 
-    def program(backend: Any) -> tuple[float, dict[int, int], dict[int, int]]:
+    def program(backend: Any) -> tuple[float, list[dict[int, int]], list[dict[int, int]]]:
         rank = backend.rank
         clock = VirtualClock(*network, measure_cpu=False)
-        clocked = ClockedBackend(backend, clock, sizes)
-        forward = _StandIn(depth, clock, costs.forward, costs.overhead, rank)
-        solver = MGRIT.from_config(forward, options, comm=clocked, partition=fwd_bounds, **_fixed(fwd_iters))
-        _fetch_weights(clocked, foreign_layers(solver.hierarchy, layer_bounds), layer_bounds)
-        solver.solve(initial_guess=_warm_states(solver))
-        clocked.bcast_buffer(np.zeros(1), ranks - 1)
+        clocked = [ClockedBackend(backend, clock, sizes(stage)) for stage in costs.stages]
+        forwards, adjoints = [], []
+        for s, (stage, depth, (fwd_bounds, _, layer_bounds)) in enumerate(zip(costs.stages, costs.depths, partitions)):
+            forward = _StandIn(depth, clock, stage.forward, stage.overhead, 2 * ranks * s + rank)
+            solver = MGRIT.from_config(forward, options, comm=clocked[s], partition=fwd_bounds, **_fixed(fwd_iters))
+            _fetch_weights(clocked[s], foreign_layers(solver.hierarchy, layer_bounds), layer_bounds)
+            solver.solve(initial_guess=_warm_states(solver))
+            clocked[s].bcast_buffer(np.zeros(1), ranks - 1)
+            if s < count - 1:
+                clock.charge(costs.transition_forward[s])
+            forwards.append(forward.calls)
         clock.charge(costs.replicated)
-        adjoint = _StandIn(depth, clock, costs.adjoint or costs.forward, costs.overhead, ranks + rank)
-        solver = MGRIT.from_config(adjoint, options, comm=ReversedBackend(clocked), partition=adj_bounds, **_fixed(bwd_iters))
-        solver.solve(initial_guess=_warm_states(solver))
-        clocked.bcast_buffer(np.zeros(1), 0)
-        owned = layer_bounds[rank + 1] - layer_bounds[rank]
-        clock.charge(costs.per_layer * owned)
+        owned = [layer_bounds[rank + 1] - layer_bounds[rank] for _, _, layer_bounds in partitions]
+        for s in reversed(range(count)):
+            stage, (_, adj_bounds, _) = costs.stages[s], partitions[s]
+            adjoint = _StandIn(costs.depths[s], clock, stage.adjoint or stage.forward, stage.overhead, 2 * ranks * s + ranks + rank)
+            solver = MGRIT.from_config(adjoint, options, comm=ReversedBackend(clocked[s]), partition=adj_bounds, **_fixed(bwd_iters))
+            solver.solve(initial_guess=_warm_states(solver))
+            clocked[s].bcast_buffer(np.zeros(1), 0)
+            clock.charge(stage.per_layer * owned[s])
+            if s > 0:
+                clock.charge(costs.transition_backward[s - 1])
+            adjoints.insert(0, adjoint.calls)
+        if any(costs.updates):
+            clock.charge(sum(update * n for update, n in zip(costs.updates, owned)))
         if data_groups > 1:
-            gradient_bytes = owned * costs.weight_bytes + costs.replicated_bytes
+            gradient_bytes = sum(n * stage.weight_bytes for n, stage in zip(owned, costs.stages)) + costs.replicated_bytes
             clock.time += math.ceil(math.log2(data_groups)) * (network[0] + network[1] * gradient_bytes)
-        return clock.time, forward.calls, adjoint.calls
+        return clock.time, forwards, adjoints
 
     results = ThreadWorld(ranks).run(program)
-    calls = {"forward": _sum_calls(r[1] for r in results), "adjoint": _sum_calls(r[2] for r in results)}
+    calls = {
+        "forward": [_sum_calls(r[1][s] for r in results) for s in range(count)],
+        "adjoint": [_sum_calls(r[2][s] for r in results) for s in range(count)],
+    }
     return max(r[0] for r in results), calls
 
 

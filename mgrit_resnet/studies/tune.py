@@ -55,20 +55,26 @@ class TuneRow:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def candidates(depth: int, levels: Sequence[int], coarsening: Sequence[int], min_coarse: int) -> list[tuple[int, int]]:
+def candidates(depth: int | Sequence[int], levels: Sequence[int], coarsening: Sequence[int], min_coarse: int) -> list[tuple[int, int]]:
     """``(levels, coarsening)`` pairs that give distinct multilevel hierarchies on ``depth`` layers.
 
     A pair whose coarsest level would fall under ``min_coarse`` points is
-    kept only as the hierarchy it really builds (fewer levels), once.
+    kept only as the hierarchy it really builds (fewer levels), once. For a
+    network of stages ``depth`` is every stage's depth: the ``[mgrit]`` options
+    apply to every stage, a pair is kept when it gives every stage a coarse
+    level, its ``levels`` the most any stage builds, and two pairs are the same
+    when they build the same hierarchy on every stage.
     """
+    depths = [depth] if isinstance(depth, int) else list(depth)
     seen, out = set(), []
     for m in coarsening:
         for count in levels:
-            built = Hierarchy.build(depth + 1, count, m, min_coarse)
-            if built.n_levels < 2 or built.factors in seen:
+            built = [Hierarchy.build(d + 1, count, m, min_coarse) for d in depths]
+            factors = tuple(h.factors for h in built)
+            if min(h.n_levels for h in built) < 2 or factors in seen:
                 continue
-            seen.add(built.factors)
-            out.append((built.n_levels, m))
+            seen.add(factors)
+            out.append((max(h.n_levels for h in built), m))
     return out
 
 
@@ -100,15 +106,17 @@ def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
 
     The steps cycle the first ``batches`` batches of the training set, warm-started per batch as in training.
     """
-    from ..nn import LayerParallel
+    from ..nn import parallel_from_config
+    from ..training.adaptive import require_fixed_counts
     from ..training.data import load_dataset
     from ..training.optim import make_optimizer
     from .perfmodel import training_step
 
     t = cfg.train
+    require_fixed_counts(t, "measuring the gradient error of a one-shot step")
     dataset = load_dataset(cfg.data, cfg.network)
     chosen = dataset.batches(0, t.batch_size, t.seed)[:batches]
-    par = LayerParallel.from_config(
+    par = parallel_from_config(  # a LayerParallel, or a StagedParallel for a network of stages
         cfg.network, cfg.mgrit, seed=t.seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=t.warm_start, track_grad_error=True
     )
     optimizer = make_optimizer(t, list(par.parameters()))
@@ -125,9 +133,13 @@ def candidate_configs(cfg: Any, levels: Sequence[int], coarsening: Sequence[int]
     """The config of every candidate hierarchy of ``cfg`` (:func:`candidates`), keyed by ``(levels, coarsening, relax as JSON)``.
 
     Only ``mgrit.levels``, ``mgrit.coarsening`` and ``mgrit.relax`` (by :func:`relaxation`) differ from ``cfg``.
+    For a network of stages (``network.depths``) the candidates are those of every stage.
     """
+    from ..config import stage_depths
+
     configs = {}
-    for count, m in candidates(cfg.network.depth, levels, coarsening, cfg.mgrit.min_coarse):
+    depths = stage_depths(cfg.network)
+    for count, m in candidates(depths[0] if len(depths) == 1 else depths, levels, coarsening, cfg.mgrit.min_coarse):
         relax = relaxation(cfg.mgrit.relax, count)
         configs[count, m, json.dumps(relax)] = cfg.with_overrides({"mgrit.levels": count, "mgrit.coarsening": m, "mgrit.relax": relax})
     return configs

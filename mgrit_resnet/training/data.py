@@ -25,10 +25,10 @@ import torch
 from .._checks import check_choice, check_int
 from ..config import DATASETS, validate_section
 from .arrays import GIVEN, apportion, dataset_arrays, given_arrays, npz_arrays, stratified_split
-from .checks import IMAGE_SETS, PEAKS_CLASSES, check_data, input_shape
+from .checks import IMAGE_SETS, check_data, input_shape
+from .peaks import PEAKS_CLASSES, check_peaks_sizes, peaks, peaks_grid
 
-PEAKS_GRID = 256
-PEAKS_RANGE = (-3.0, 3.0)
+__all__ = ["Dataset", "load_dataset", "peaks", "peaks_grid"]
 
 # Stream keys of the seeded draws (see the module docstring).
 _TRAIN, _VAL, _SPLIT, _CENTRES, _BATCHES = range(5)
@@ -150,39 +150,6 @@ def load_dataset(data_section: Any, network_section: Any, data: Any = None) -> D
     return _image_dataset(name, input_shape(network) or (1, side, side), n_train, n_val, seed)
 
 
-def peaks(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """MATLAB's ``peaks`` function, elementwise."""
-    return (
-        3 * (1 - x) ** 2 * np.exp(-(x**2) - (y + 1) ** 2)
-        - 10 * (x / 5 - x**3 - y**5) * np.exp(-(x**2) - y**2)
-        - np.exp(-((x + 1) ** 2) - y**2) / 3
-    )
-
-
-def peaks_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The peaks grid, its class labels and the class edges.
-
-    Returns
-    -------
-    points
-        ``(256 * 256, 2)`` array of the ``(x, y)`` grid points of
-        ``linspace(-3, 3, 256)``.
-    labels
-        Class of each point: ``k`` when ``edges[k] <= f < edges[k + 1]``; the
-        maximum of ``f`` is in the last class.
-    edges
-        The ``PEAKS_CLASSES + 1`` equally spaced edges from the minimum to the
-        maximum of ``f`` on the grid.
-    """
-    axis = np.linspace(*PEAKS_RANGE, PEAKS_GRID)
-    x, y = np.meshgrid(axis, axis)
-    points = np.stack([x.ravel(), y.ravel()], axis=1)
-    f = peaks(points[:, 0], points[:, 1])
-    edges = np.linspace(f.min(), f.max(), PEAKS_CLASSES + 1)
-    labels = np.searchsorted(edges[1:-1], f, side="right")
-    return points, labels, edges
-
-
 def _section_values(section: str, values: Any) -> dict[str, Any]:
     table = values.as_dict() if hasattr(values, "as_dict") else values
     if not isinstance(table, Mapping):
@@ -197,19 +164,29 @@ def _balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> np.nda
 
 
 def _peaks_dataset(n_train: int, n_val: int, seed: int) -> Dataset:
+    """Balanced training and validation sets of distinct peaks grid points, disjoint from each other.
+
+    Every class's grid points are shuffled once (stream ``_SPLIT``, one per
+    class); training takes its points of that class from the front of the
+    shuffle, validation from the back. So no point is drawn twice, none is in
+    both sets, and changing ``n_val`` does not move the training set (nor
+    ``n_train`` the validation set) as long as both fit.
+    """
+    check_peaks_sizes(n_train, n_val)
     points, labels, _ = peaks_grid()
     members = [np.flatnonzero(labels == k) for k in range(PEAKS_CLASSES)]
+    shuffled = [np.random.default_rng([seed, _SPLIT, k]).permutation(m) for k, m in enumerate(members)]
 
-    def draw(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(n: int, stream: int, from_back: bool) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([seed, stream])
         y = _balanced_labels(n, PEAKS_CLASSES, rng)
         index = np.empty(n, dtype=np.int64)
-        for k, grid_index in enumerate(members):
+        for k, grid_index in enumerate(shuffled):
             mine = y == k
-            index[mine] = rng.choice(grid_index, size=int(mine.sum()), replace=True)
+            index[mine] = (grid_index[::-1] if from_back else grid_index)[: int(mine.sum())]
         return torch.from_numpy(points[index]), torch.from_numpy(y)
 
-    return Dataset(*draw(n_train, _TRAIN), *draw(n_val, _VAL), n_classes=PEAKS_CLASSES, name="peaks")
+    return Dataset(*draw(n_train, _TRAIN, False), *draw(n_val, _VAL, True), n_classes=PEAKS_CLASSES, name="peaks")
 
 
 def _synthetic_dataset(shape: tuple[int, ...], n_classes: int, n_train: int, n_val: int, seed: int) -> Dataset:

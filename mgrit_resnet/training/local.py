@@ -19,6 +19,12 @@ batch), whatever the schedule, as the whole network does under ``serial``.
 
 The arithmetic of every block does not depend on where it runs, so the
 results are the same at every rank count.
+
+A network of stages (``network.depths``) is cut so that no block straddles a
+transition (:func:`.plan.block_bounds`); the first block of every later stage
+starts with the transition into it (:mod:`.blocks`). The ranks still hold
+contiguous runs of whole blocks, so a rank may hold layers of several stages;
+what it passes on is the state of the stage its last block ends in.
 """
 
 from __future__ import annotations
@@ -36,21 +42,25 @@ from ..comm.groups import RankGroups
 from ..nn.layers import resolve_device
 from ..nn.spec import NetworkSpec
 from . import checkpoint
-from .blocks import build_blocks
+from .blocks import StagedPieces, build_blocks
 from .checks import check_local
 from .data import Dataset, load_dataset
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
-from .plan import block_taus, epoch_plan, kinetic_weight, split_evenly
+from .plan import block_bounds, block_taus, epoch_plan, kinetic_weight, split_evenly, stage_layers
 from .strategy import EVAL_BATCH, Strategy, sum_over_data_groups
 
 _TRAIN, _EVAL = 0, 1
 
 
 class _Pipe:
-    """Block outputs to the next rank, the previous rank's from it: one :class:`~mgrit_resnet.comm.Channel` per message shape."""
+    """Block outputs to the next rank, the previous rank's from it: one :class:`~mgrit_resnet.comm.Channel` per message shape.
 
-    def __init__(self, backend: Any, template: torch.Tensor) -> None:
-        self.backend, self.template = backend, template
+    ``received`` and ``sent`` are one-row templates of the states that come in
+    and go out (they differ when a stage ends between the two ranks' blocks).
+    """
+
+    def __init__(self, backend: Any, received: torch.Tensor, sent: torch.Tensor) -> None:
+        self.backend, self.templates = backend, {False: received, True: sent}
         self.left = backend.rank - 1 if backend.rank > 0 else None
         self.right = backend.rank + 1 if backend.rank < backend.size - 1 else None
         self._channels: dict[tuple[int, int, bool], comm_module.Channel] = {}
@@ -58,8 +68,8 @@ class _Pipe:
     def _channel(self, purpose: int, rows: int, sending: bool) -> comm_module.Channel:
         key = (purpose, rows, sending)
         if key not in self._channels:
-            shape = (rows, *self.template.shape[1:])
-            template = self.template.new_empty(shape)
+            one = self.templates[sending]
+            template = one.new_empty((rows, *one.shape[1:]))
             left, right = (None, self.right) if sending else (self.left, None)
             self._channels[key] = comm_module.Channel(self.backend, left, right, 16 + 2 * rows + purpose, template)
         return self._channels[key]
@@ -101,22 +111,39 @@ class LocalTrainer:
         # The blocks' pipe and the gathers of whole-network state stay within a data group.
         self.layer_backend = self.backend if t.data_parallel == 1 else comm_module.backend_for(self.groups.layer_comm)
         self.n_blocks = check_local(cfg, self.layer_backend.size)
-        self.spec = NetworkSpec.from_config(cfg.network)
-        self.bounds = split_evenly(self.spec.depth, self.n_blocks)
+        seed = t.seed if seed is None else seed
+        network: NetworkSpec | StagedPieces
+        if cfg.network.depths:  # a network of stages: no NetworkSpec, the stages' own specs
+            self.spec = None
+            network = self.staged = StagedPieces(cfg.network, seed, comm_module.local_rank(self.backend))
+            self.depths, device, self.dtype, shapes = network.depths, network.device, network.dtype, network.state_shapes
+        else:
+            self.staged = None
+            network = self.spec = NetworkSpec.from_config(cfg.network)
+            self.depths, self.dtype = [self.spec.depth], self.spec.torch_dtype
+            device = resolve_device(self.spec, comm_module.local_rank(self.backend))
+            shapes = [(self.spec.width,) if self.spec.kind == "dense" else (self.spec.width, self.spec.image_size, self.spec.image_size)]
+        self.cut = block_bounds(self.depths, self.n_blocks)  # (stage, layers) of every block
+        self.bounds = [layers for _, layers in self.cut]
         self.owned = split_evenly(self.n_blocks, self.layer_backend.size)
         self.mine = self.owned[self.layer_backend.rank]
-        device = resolve_device(self.spec, comm_module.local_rank(self.backend))
-        self.blocks = build_blocks(self.spec, t.seed if seed is None else seed, self.bounds, self.mine, device, t.head_hidden)
+        self.blocks = build_blocks(network, seed, self.cut, self.mine, device, t.head_hidden)
         taus = block_taus(t.tau, self.n_blocks) if t.strategy == "trgl" else [float("inf")] * self.n_blocks
         self.taus = taus
         self.weights = {b.index: kinetic_weight(taus[b.index]) for b in self.blocks}
         self.optimizers = {b.index: make_optimizer(t, list(b.parameters())) for b in self.blocks}
         self.schedules = {k: make_schedule(t, opt) for k, opt in self.optimizers.items()}
-        width_shape = (self.spec.width,) if self.spec.kind == "dense" else (self.spec.width, self.spec.image_size, self.spec.image_size)
-        self.pipe = _Pipe(self.layer_backend, torch.empty((1, *width_shape), dtype=self.spec.torch_dtype, device=device))
+
+        def template(block: int) -> torch.Tensor:  # one row of block ``block``'s output: a state of its stage
+            return torch.empty((1, *shapes[self.cut[block][0]]), dtype=self.dtype, device=device)
+
+        self.pipe = _Pipe(self.layer_backend, template(max(self.mine.start - 1, 0)), template(self.mine.stop - 1))
 
     @property
-    def owned_layers(self) -> range:
+    def owned_layers(self) -> range | list[range]:
+        """The residual layers of this rank's blocks; of a network of stages, those of every stage (empty where none)."""
+        if self.staged is not None:
+            return stage_layers(self.cut, self.mine, self.depths)
         return range(self.bounds[self.mine.start].start, self.bounds[self.mine.stop - 1].stop)
 
     @property
@@ -214,7 +241,12 @@ class LocalTrainer:
             self.schedules[block.index].load_state_dict(schedules[block.index])
 
     def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Collective: the network (keys of ``ODEResNet.state_dict()``) and the auxiliary heads, on every rank."""
+        """Collective: the network and the auxiliary heads, on every rank.
+
+        The network is keyed and ordered as ``ODEResNet.state_dict()``, or for a
+        network of stages as ``StagedResNet.state_dict()`` (the transitions after
+        the stages, though each block holds the transition it starts with).
+        """
         network, heads = {}, {}
         for part_network, part_heads in self.layer_backend.allgather(
             (
@@ -224,6 +256,8 @@ class LocalTrainer:
         ):
             network.update(part_network)
             heads.update(part_heads)
+        if self.staged is not None:
+            network = dict(sorted(network.items(), key=lambda item: _staged_order(item[0])))
         return network, heads
 
 
@@ -272,7 +306,7 @@ class BlockWise(Strategy):
         self.cfg, t = cfg, cfg.train
         self.trainer, self.dataset = prepared
         self.groups = self.trainer.groups
-        dtype = self.trainer.spec.torch_dtype
+        dtype = self.trainer.dtype
         self.train_x, self.val_x = self.dataset.train_x.to(dtype), self.dataset.val_x.to(dtype)
         self.batches = self.dataset.batches(0, t.batch_size, t.seed)
         self.plan = epoch_plan(cfg, self.trainer.n_blocks)
@@ -287,7 +321,7 @@ class BlockWise(Strategy):
         return self.trainer.bytes_sent
 
     @property
-    def owned_layers(self) -> range:
+    def owned_layers(self) -> range | list[range]:
         return self.trainer.owned_layers
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -333,7 +367,8 @@ class BlockWise(Strategy):
         best = None if val_heads is None else int(np.argmax(val_heads))
         extra = {
             "local_schedule": t.local_schedule,
-            "blocks": [[r.start, r.stop] for r in trainer.bounds],
+            # a network of stages: [stage, start, stop], the layers counted within the stage
+            "blocks": [[r.start, r.stop] if trainer.staged is None else [s, r.start, r.stop] for s, r in trainer.cut],
             "owned_blocks": [[r.start, r.stop] for r in trainer.owned],
             "tau": None if t.strategy == "local" else trainer.taus,
             "head_train_accuracy": train_heads,
@@ -351,6 +386,18 @@ class BlockWise(Strategy):
 def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None) -> tuple[LocalTrainer, Dataset]:
     """Check the config against the ranks, build this rank's blocks and load the data: :meth:`BlockWise.prepare`."""
     return BlockWise.prepare(cfg, comm, seed, resume_from)
+
+
+def _staged_order(key: str) -> tuple[int, int, int]:
+    """Where ``key`` comes in ``StagedResNet.state_dict()``: the opening, the stages' layers, the transitions, the closing
+    (the order within one module is kept by the stable sort)."""
+    part, rest = key.split(".", 1)
+    if part == "stages":
+        stage, _, layer, _ = rest.split(".", 3)
+        return 1, int(stage), int(layer)
+    if part == "transitions":
+        return 2, int(rest.split(".", 1)[0]), 0
+    return (0, 0, 0) if part == "opening" else (3, 0, 0)
 
 
 def _last_loss(stats: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ class TrainResult:
 
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def layer_bounds(owned: range | list[range]) -> list:
+    """``[start, stop]`` of a rank's layers; of a network of stages, one such pair per stage."""
+    return [owned.start, owned.stop] if isinstance(owned, range) else [[r.start, r.stop] for r in owned]
 
 
 def prepare(cfg: Any, comm: Any, seed: int | None = None, resume_from: str | Path | None = None, data: Any = None) -> tuple:
@@ -114,8 +120,9 @@ def train(
         saved = kind.resumable(cfg, run.groups.layer_ranks, out / "checkpoint.pt")
         run.restore(saved)
         metrics, elapsed = saved["metrics"], saved["wall_time"]
-    if out is not None and run.groups.rank == 0:
-        start_output(out, cfg, metrics, data_given)
+    if out is not None:  # a full disk here is one message on every rank, before any work
+        kept = f"the checkpoint of epoch {len(metrics)} is kept" if metrics else "nothing was trained"
+        written_by_rank0(run.groups, lambda: start_output(out, cfg, metrics, data_given), f"cannot start the run in {out}", kept)
 
     started = time.perf_counter() - elapsed
 
@@ -162,7 +169,7 @@ def train(
         "ranks": run.groups.size,
         "data_parallel": run.groups.data_parallel,
         "strategy": cfg.train.strategy,
-        "owned_layers": world.allgather([run.owned_layers.start, run.owned_layers.stop]),
+        "owned_layers": world.allgather(layer_bounds(run.owned_layers)),
         **extra,
         "provenance": provenance(cfg, run.groups.size, start_time),
     }
@@ -205,34 +212,63 @@ def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall
             "config": plain_config(cfg),
         }
         checkpoint.save_atomically(payload, out / "checkpoint.pt")
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics[-1]) + "\n")
+        written.append(True)
+        append_line(out / "metrics.jsonl", json.dumps(metrics[-1]))
 
-    kept = f"the last checkpoint (epoch {len(metrics) - 1}) is kept" if len(metrics) > 1 else "no checkpoint was kept"
-    written_by_rank0(run.groups, write, f"cannot write the checkpoint of epoch {len(metrics)} to {out}", kept)
+    written: list[bool] = []
+    epoch = len(metrics)
+
+    def kept() -> str:
+        if written:
+            return f"checkpoint.pt holds epoch {epoch}, metrics.jsonl ends before it: --resume restores the row from the checkpoint"
+        return f"the last checkpoint (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was kept"
+
+    written_by_rank0(run.groups, write, f"cannot save epoch {epoch} to {out}", kept)
     return True
 
 
-def written_by_rank0(groups: Any, write: Callable[[], None], what: str, kept: str) -> None:
-    """Collective: ``write()`` on rank 0; if it fails, :class:`OutputNotWritten` on every rank (no rank is left waiting)."""
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` whole or not at all: a failed write is cut back, so no row is torn."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def written_by_rank0(groups: Any, write: Callable[[], None], what: str, kept: str | Callable[[], str]) -> None:
+    """Collective: ``write()`` on rank 0; if it fails, :class:`OutputNotWritten` on every rank (no rank is left waiting).
+
+    ``kept`` says what is left on disk (a callable: asked after the failure).
+    """
     failure = None
     if groups.rank == 0:
         try:
             write()
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-            failure = f"{what}: {error}; {kept}"
+            failure = f"{what}: {error}; {kept() if callable(kept) else kept}"
     failure = groups.world.allgather(failure)[0]
     if failure is not None:
         raise OutputNotWritten(failure)
 
 
 def start_output(out: Path, cfg: Any, metrics: list[dict[str, Any]], data_given: bool = False) -> None:
-    """Create ``out`` with ``config.toml`` and a ``metrics.jsonl`` holding ``metrics`` (those of a resumed run); rank 0 only."""
+    """Create ``out`` with ``config.toml`` and a ``metrics.jsonl`` holding ``metrics`` (those of a resumed run); rank 0 only.
+
+    Both files are written whole or not at all: a full disk leaves them as they were.
+    """
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_orphans(out)
     write_config(cfg, out / "config.toml", data_given)
-    with open(out / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
+    checkpoint.write_text_atomically(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 
 def write_config(cfg: Any, path: Path, data_given: bool = False) -> None:
@@ -241,4 +277,4 @@ def write_config(cfg: Any, path: Path, data_given: bool = False) -> None:
     The text is :func:`~mgrit_resnet.config.config_text`'s; ``data_given`` notes that the run trained on data from Python.
     """
     notes = {"data": "the run trained on data given from Python (train(..., data=...)), not on this [data] set"} if data_given else {}
-    path.write_text(config_text(cfg, section_notes=notes))
+    checkpoint.write_text_atomically(Path(path), config_text(cfg, section_notes=notes))

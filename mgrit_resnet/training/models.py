@@ -7,8 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import callable_name
-from ..nn import LayerParallel, ODEResNet
+from ..config import AUTO_ITERS, callable_name
+from ..nn import LayerParallel, StagedParallel, parallel_from_config, serial_from_config
+
+#: The layer-parallel networks: their calls are collective and take a warm-start key.
+PARALLEL = (LayerParallel, StagedParallel)
 
 
 def loss_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0, key: Any = None) -> tuple[float, int]:
@@ -31,7 +34,7 @@ def loss_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: f
     -------
     The weighted loss and the number of correct predictions.
     """
-    logits = module(x, key=key) if isinstance(module, LayerParallel) else module(x)
+    logits = module(x, key=key) if isinstance(module, PARALLEL) else module(x)
     loss = nn.functional.cross_entropy(logits, y) * weight
     loss.backward()
     return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
@@ -43,7 +46,12 @@ class TrainModel:
     ``serial``: :class:`~mgrit_resnet.nn.ODEResNet` by autograd (every rank of a
     layer group holds the whole network). ``exact``: :class:`~mgrit_resnet.nn.LayerParallel`
     solved to ``mgrit.tol``. ``one_shot``: ``LayerParallel`` with
-    ``train.fwd_iters`` / ``train.bwd_iters`` iterations per step, warm-started per batch.
+    ``train.fwd_iters`` / ``train.bwd_iters`` iterations per step, warm-started per batch
+    (``"auto"``: set before every step, :meth:`set_iterations`).
+
+    :attr:`layer_steps` counts this data group's layer steps (the solves'
+    propagator calls on every level and rank, forward and adjoint; ``serial``:
+    ``2 N`` per step; an exact check of the gradient error adds its ``2 N``).
 
     ``probe``, a batch of the training data, goes once through a user network
     (``network.kind = "module"``) when it is built: a sample shape its opening
@@ -53,15 +61,17 @@ class TrainModel:
 
     def __init__(self, cfg: Any, layer_comm: Any, seed: int, probe: torch.Tensor | None = None) -> None:
         self.strategy = cfg.train.strategy
-        self.depth = cfg.network.depth
         if self.strategy == "serial":
-            self.module: nn.Module = ODEResNet.from_config(cfg.network, seed=seed)
+            self.module: nn.Module = serial_from_config(cfg.network, seed=seed)
         else:
             options = {}
             if self.strategy == "one_shot":
-                options = dict(fwd_iters=cfg.train.fwd_iters, bwd_iters=cfg.train.bwd_iters, warm_start=cfg.train.warm_start)
-            self.module = LayerParallel.from_config(cfg.network, cfg.mgrit, comm=layer_comm, seed=seed, **options)
-        self.parallel = isinstance(self.module, LayerParallel)
+                fwd, bwd = (1 if n == AUTO_ITERS else n for n in (cfg.train.fwd_iters, cfg.train.bwd_iters))  # auto: set per step
+                options = dict(fwd_iters=fwd, bwd_iters=bwd, warm_start=cfg.train.warm_start)
+            self.module = parallel_from_config(cfg.network, cfg.mgrit, comm=layer_comm, seed=seed, **options)
+        self.parallel = isinstance(self.module, PARALLEL)
+        self.depth = sum(self.module.depths) if hasattr(self.module, "depths") else self.module.depth  # all stages' layers
+        self.layer_steps = 0
         self.dtype: torch.dtype = self.module.dtype  # the inputs' dtype, for built-in and user networks alike
         if probe is not None and cfg.network.kind == "module":
             self._probe(probe, cfg.network.module)
@@ -79,8 +89,11 @@ class TrainModel:
             ) from error
 
     @property
-    def owned_layers(self) -> range:
-        return self.module.owned_layers if self.parallel else range(self.depth)
+    def owned_layers(self) -> range | list[range]:
+        """This rank's layers (a network of stages: of every stage)."""
+        if self.parallel:
+            return self.module.owned_layers
+        return [range(d) for d in self.module.depths] if hasattr(self.module, "depths") else range(self.depth)
 
     @property
     def bytes_sent(self) -> int:
@@ -91,8 +104,39 @@ class TrainModel:
         return list(self.module.named_parameters())
 
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[float, int]:
-        """:func:`loss_backward` of this network."""
-        return loss_backward(self.module, x, y, weight, key)
+        """:func:`loss_backward` of this network; counts its layer steps into :attr:`layer_steps`."""
+        result = loss_backward(self.module, x, y, weight, key)
+        self.layer_steps += self._call_steps()
+        return result
+
+    def _call_steps(self) -> int:
+        """Layer steps of the last forward and backward call, summed over this group's ranks (the same on each of them)."""
+        if not self.parallel:
+            return 2 * self.depth
+        s = self.module.stats
+        steps = sum(s.forward.get("steps_per_rank") or ()) + sum(s.adjoint.get("steps_per_rank") or ())
+        return steps + (2 * self.depth if s.grad_error is not None else 0)  # an exact check: a serial sweep each way
+
+    def _networks(self) -> list[LayerParallel]:
+        """The layer-parallel networks whose solves a step runs (the stages of a staged network, else the one)."""
+        return list(getattr(self.module, "stages", None) or [self.module])
+
+    def set_iterations(self, fwd: int, bwd: int) -> None:
+        """One-shot: the forward and adjoint MGRIT iterations of the next steps (the same on every rank)."""
+        for network in self._networks():
+            network.set_iterations(fwd, bwd)
+
+    def check_next(self, check: bool) -> None:
+        """Whether the next steps also measure their gradient error exactly (``track_grad_error``: a serial sweep each way)."""
+        self.module.track_grad_error = check
+
+    def solve_report(self) -> list[float]:
+        """The last step's iterations, first and last residuals of each solve and exact error (NaN: none), as
+        ``[fwd_iters, bwd_iters, fwd_first, fwd_last, adj_first, adj_last, grad_error]`` (this group's)."""
+        s = self.module.stats
+        fwd, adj = s.forward.get("residuals") or [0.0], s.adjoint.get("residuals") or [0.0]
+        error = float("nan") if s.grad_error is None else s.grad_error
+        return [float(len(fwd)), float(len(adj)), fwd[0], fwd[-1], adj[0], adj[-1], error]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

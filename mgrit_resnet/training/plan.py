@@ -17,6 +17,53 @@ def split_evenly(n: int, parts: int) -> list[range]:
     return [range(s, s + size) for s, size in zip(starts, sizes)]
 
 
+def stage_blocks(depths: list[int], blocks: int) -> list[int]:
+    """How many of ``blocks`` blocks each stage of ``depths`` layers gets, when no block may hold layers of two stages.
+
+    Every stage gets one block; each further block goes to the stage whose
+    blocks are the longest at that point (``ceil(depth / count)``; the earliest
+    such stage on a tie), so the longest block is as short as ``blocks``
+    allows. Layers count alike in every stage, whatever their width. One
+    stage gets all of them. ``ValueError`` unless ``len(depths) <= blocks <= sum(depths)``.
+    """
+    if not len(depths) <= blocks <= sum(depths):
+        raise ValueError(
+            f"{blocks} blocks cannot cut stages of {depths} layers without a block that straddles a transition "
+            f"or holds no layer: between {len(depths)} and {sum(depths)} blocks can"
+        )
+    counts = [1] * len(depths)
+    for _ in range(blocks - len(depths)):
+        largest = [-(-depth // count) if count < depth else 0 for depth, count in zip(depths, counts)]
+        counts[largest.index(max(largest))] += 1
+    return counts
+
+
+def block_bounds(depths: list[int], blocks: int) -> list[tuple[int, range]]:
+    """``(stage, its layers)`` of every block, in order: each stage cut by :func:`split_evenly` into its :func:`stage_blocks` share.
+
+    A block never straddles a transition: it ends at the end of its stage at
+    the latest. With one stage this is ``split_evenly(depth, blocks)``.
+    """
+    return [(s, layers) for s, (depth, k) in enumerate(zip(depths, stage_blocks(depths, blocks))) for layers in split_evenly(depth, k)]
+
+
+def stage_layers(cut: list[tuple[int, range]], owned: range, depths: list[int]) -> list[range]:
+    """The layers of every stage that the blocks ``owned`` of ``cut`` (:func:`block_bounds`) hold.
+
+    A stage none of them reaches gets an empty range at its start (stages
+    before the first owned block: at their end).
+    """
+    out = []
+    first_stage = cut[owned.start][0]
+    for s, depth in enumerate(depths):
+        mine = [layers for stage, layers in (cut[k] for k in owned) if stage == s]
+        if mine:
+            out.append(range(mine[0].start, mine[-1].stop))
+        else:
+            out.append(range(depth, depth) if s < first_stage else range(0, 0))
+    return out
+
+
 def block_taus(tau: float | list[float], blocks: int) -> list[float]:
     """The TRGL step ``tau_k`` of every block: a list is taken as it is; a number ``tau``
     gives ``tau / 2`` to the first ``blocks // 2`` blocks and ``tau`` to the others."""

@@ -5,6 +5,12 @@ Every epoch visits the batches in a fresh order, one optimiser step each
 whole training set (``lbfgs``, :mod:`.tao`). With ``train.data_parallel = D``
 every data group takes its share of each batch and the gradients are summed
 over the groups before the step, so a step is the whole batch's.
+
+Every epoch's metrics count the layer steps of all data groups
+(``layer_steps``, ``total_layer_steps``: :attr:`~.models.TrainModel.layer_steps`).
+One-shot steps with ``train.fwd_iters`` or ``train.bwd_iters = "auto"`` take
+their counts from an :class:`~.adaptive.IterationController`, which the
+checkpoint carries.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import numpy as np
 import torch
 
 from ..comm.groups import RankGroups
+from ..config import AUTO_ITERS
+from .adaptive import IterationController, StepObservation
 from .data import Dataset, load_dataset
 from .models import TrainModel
 from .optim import load_portable_optimizer_state, make_optimizer, make_schedule, portable_optimizer_state
@@ -65,6 +73,9 @@ class WholeNetwork(Strategy):
         self.batches = self.dataset.batches(0, t.batch_size, t.seed)
         self.plan = list(range(t.epochs))
         self._sums = (0.0, 0, 0)  # loss x rows, correct, rows of the epoch under way
+        self.controller = adaptive_controller(t)
+        self._total_steps = 0  # layer steps of every data group since the run began
+        self._epoch_start = 0  # this group's layer steps when the epoch under way began
 
     @property
     def steps(self) -> int:
@@ -84,9 +95,13 @@ class WholeNetwork(Strategy):
         load_portable_optimizer_state(self.optimizer, self.names, saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.model.load_warm_state_dict(saved.get("warm_start"))
+        if self.controller is not None and saved.get("adaptive") is not None:
+            self.controller.load_state_dict(saved["adaptive"])
+        self._total_steps = int((saved.get("metrics") or [{}])[-1].get("total_layer_steps") or 0)
 
     def train_epoch(self, row: int) -> Iterator[dict[str, Any]]:
         t, y = self.cfg.train, self.dataset.train_y
+        self._epoch_start = self.model.layer_steps
         if self.tao is not None:
             self._sums = _lbfgs_epoch(self.tao, t.lbfgs_iters, self.groups, self.model, self.params, self.train_x, y, self.batches)
             return
@@ -94,24 +109,53 @@ class WholeNetwork(Strategy):
         loss_sum, correct, seen = 0.0, 0, 0
         for b in order:
             index = self.batches[b]
+            if self.controller is not None:
+                fwd, bwd, check = self.controller.plan()
+                self.model.set_iterations(fwd, bwd)
+                self.model.check_next(check)
             self.optimizer.zero_grad(set_to_none=False)
             loss, right = batch_gradient(self.groups, self.model, self.params, self.train_x, y, index, key=int(b))
             self.optimizer.step()
             loss_sum += loss * len(index)
             correct += right
             seen += len(index)
-            yield {"loss": loss, **self.model.solver_stats()}
+            chosen = {} if self.controller is None else self.controller.observe(self._observation())
+            yield {"loss": loss, **self.model.solver_stats(), **chosen}
         self._sums = (loss_sum, correct, seen)
         self.schedule.step()
 
     def end_epoch(self, row: int) -> dict[str, Any]:
         loss_sum, correct, seen = self._sums
-        return {
+        mine = np.array([self.model.layer_steps - self._epoch_start], dtype=np.int64)
+        steps = int(self.groups.world.allgather_buffer(mine)[:: self.groups.layer_ranks, 0].sum())  # one rank per data group
+        self._total_steps += steps
+        metric = {
             "train_loss": loss_sum / seen,
             "train_accuracy": correct / seen,
             "val_accuracy": accuracy(self.model, self.val_x, self.dataset.val_y),
             "lr": self.optimizer.param_groups[0]["lr"],
+            "layer_steps": steps,
+            "total_layer_steps": self._total_steps,
         }
+        if self.controller is not None:
+            metric.update(self.controller.end_epoch(metric["train_loss"]))
+        return metric
+
+    def _observation(self) -> StepObservation:
+        """Collective: the last step's solves as the controller sees them, the same on every rank.
+
+        Gathered in rank order from the first rank of every data group: the
+        iterations, each solve's residuals over the whole batch (the root of the
+        groups' squares) and the largest of the groups' exact errors.
+        """
+        table = self.groups.world.allgather_buffer(np.array(self.model.solve_report(), dtype=np.float64))[:: self.groups.layer_ranks]
+        fwd, bwd, *residuals, error = table[0]
+        if len(table) > 1:
+            residuals = [float(np.sqrt(np.sum(table[:, k] ** 2))) for k in range(2, 6)]
+            errors = table[:, 6][~np.isnan(table[:, 6])]
+            error = float(errors.max()) if len(errors) else float("nan")
+        error = None if np.isnan(error) else float(error)
+        return StepObservation(int(fwd), int(bwd), *(float(r) for r in residuals), measured=error)
 
     def solver_stats(self) -> dict[str, Any]:
         return self.model.solver_stats()
@@ -125,11 +169,23 @@ class WholeNetwork(Strategy):
         optimizer = {"state": {}, "param_groups": parts[0]["param_groups"]}
         for part in parts:  # replicated parameters have the same state everywhere; take any
             optimizer["state"].update(part["state"])
-        return {"model": model, "optimizer": optimizer, "schedule": self.schedule.state_dict(), "warm_start": warm}
+        adaptive = None if self.controller is None else self.controller.state_dict()
+        return {"model": model, "optimizer": optimizer, "schedule": self.schedule.state_dict(), "warm_start": warm, "adaptive": adaptive}
 
     def final(self) -> tuple[float | None, float | None, dict[str, Any]]:
         train = accuracy(self.model, self.train_x, self.dataset.train_y)
-        return train, accuracy(self.model, self.val_x, self.dataset.val_y), {}
+        return train, accuracy(self.model, self.val_x, self.dataset.val_y), {"layer_steps": self._total_steps}
+
+
+def adaptive_controller(t: Any) -> IterationController | None:
+    """The controller of the ``[train]`` table ``t``'s one-shot counts, if either is ``"auto"`` (``None`` otherwise)."""
+    if t.strategy != "one_shot" or AUTO_ITERS not in (t.fwd_iters, t.bwd_iters):
+        return None
+
+    def counts(value: Any) -> int | tuple[int, int]:
+        return (1, t.auto_max_iters) if value == AUTO_ITERS else value
+
+    return IterationController(t.grad_error_target, t.grad_check_every, counts(t.fwd_iters), counts(t.bwd_iters))
 
 
 def batch_gradient(
