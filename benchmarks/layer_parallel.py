@@ -112,6 +112,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start of a cold solve (every solve with --no-warm-start, else the first call per batch)",
     )
     solver.add_argument("--skip-first-down", action="store_true", help="first iteration: coarsest solve interpolated up")
+    solver.add_argument(
+        "--coarse-weights", choices=["first", "mean"], default="first", help="coarse steps: the interval's first layer or its mean"
+    )
     solver.add_argument("--no-warm-start", dest="warm_start", action="store_false", help="start every solve cold")
     solver.add_argument(
         "--no-relax-warm-start",
@@ -157,6 +160,7 @@ def solver_options(args: argparse.Namespace) -> dict[str, Any]:
         levels=args.levels, coarsening=_listed(args.coarsening, int), relax=_listed(args.relax), cycle=args.cycle,
         c_weight=args.c_weight, initial_guess=args.initial_guess, skip_first_down=args.skip_first_down,
         warm_start=args.warm_start, relax_warm_start=args.relax_warm_start, tol=args.tol, max_iter=args.max_iter,
+        coarse_weights=args.coarse_weights,
     )  # fmt: skip
 
 
@@ -166,6 +170,7 @@ def worker_argv(args: argparse.Namespace, json_path: Path) -> list[str]:
     names = (
         "depth", "width", "image_size", "classes", "activation", "batch", "batches", "lr", "seed", "steps",
         "exact_warmup", "exact_steps", "iters", "levels", "coarsening", "relax", "cycle", "c_weight", "initial_guess", "tol", "max_iter",
+        "coarse_weights",
     )  # fmt: skip
     for name in names:
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]

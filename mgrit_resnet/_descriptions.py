@@ -52,6 +52,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "activation": "activation function :math:`\\sigma`",
         "n_classes": "number of output classes",
         "dtype": "floating-point type",
+        "coarse_weights": "an MGRIT coarse step of an interval of layers uses the weights of its first layer (``first``) or "
+        "the mean weights of its layers (``mean``; user blocks: their mean parameters and floating buffers; one sum over the "
+        "ranks per call; much faster convergence for layers whose weights differ from one to the next)",
         "device": "where each rank computes (``cuda``: GPU ``local rank mod device count``)",
     },
     "data": {

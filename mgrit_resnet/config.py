@@ -30,6 +30,7 @@ SCHEMES = ("forward_euler", "backward_euler", "trapezoid")
 CYCLES = ("V", "F")
 TOL_KINDS = ("absolute", "relative")
 INITIAL_GUESSES = ("zero", "initial_value", "sequential_coarse")
+COARSE_WEIGHTS = ("first", "mean")
 NETWORK_KINDS = ("dense", "conv", "module")  # module: the user's own network (network.module)
 ACTIVATION_NAMES = ("tanh", "relu", "smooth_relu")
 DTYPES = ("float32", "float64")
@@ -219,6 +220,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "activation": ("tanh", _choice(*ACTIVATION_NAMES)),
         "n_classes": (5, _integer(2)),
         "dtype": ("float32", _choice(*DTYPES)),
+        "coarse_weights": ("first", _choice(*COARSE_WEIGHTS)),
         "device": ("cpu", _choice(*DEVICES)),
     },
     "data": {

@@ -18,6 +18,8 @@ CASES = [
     "conv_N37_L2_m4_smooth",
     "conv_N37_L1_relu",
     "dense_N37_float32",
+    "conv_N37_L3_m3_mean",
+    "dense_N13_L2_m2_mean",
 ]
 
 
@@ -85,3 +87,10 @@ def test_bad_input_is_an_error_on_every_rank(reports, n):
         assert messages["depth"] == "network.depth must be an integer >= 1; got 0"
         assert "mgrit.coarsening=16 leaves no coarse grid for network.depth=13" in messages["coarsening"]
         assert "network.activation must be one of 'tanh', 'relu', 'smooth_relu'" in messages["activation"]
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_mean_coarse_weights_make_the_coarse_pass_far_more_accurate(reports, n):
+    errors = reports[n]["coarse_weights"]
+    assert errors["mean"] < errors["first"] / 3, "a coarse step with the interval's mean weights is the sum of its steps to first order"
+    assert errors["mean"] == pytest.approx(reports[1]["coarse_weights"]["mean"], rel=1e-8), "the same at every rank count"

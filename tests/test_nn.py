@@ -232,3 +232,20 @@ def test_set_iterations_turns_a_converged_network_into_a_fixed_count_one():
     assert (par.stats.forward["iterations"], par.stats.adjoint["iterations"]) == (1, 2) and (par.fwd_iters, par.bwd_iters) == (1, 2)
     with pytest.raises(ValueError, match="bwd_iters"):
         par.set_iterations(1, 0)
+
+
+def test_coarse_weights_is_a_network_key_that_only_the_layer_parallel_network_reads():
+    import mgrit_resnet as mr
+    from mgrit_resnet.nn import parallel_from_config
+
+    cfg = mr.load_config(overrides={"network.coarse_weights": "mean", "mgrit.levels": 2, "network.depth": 8})
+    par = LayerParallel.from_config(cfg.network, cfg.mgrit)
+    assert par.steps.coarse_weights == "mean" and (0, 2) in par.steps.intervals
+    assert torch.equal(ODEResNet.from_config(cfg.network).state_dict()["layers.0.weight"], par.layers["0"].weight)
+    staged_cfg = mr.load_config(overrides={"network.coarse_weights": "mean", "network.depths": [3, 3], "network.widths": [3, 4]})
+    staged = parallel_from_config(staged_cfg.network, cfg.mgrit)
+    assert all(stage.steps.coarse_weights == "mean" for stage in staged.stages)
+    with pytest.raises(ValueError, match="coarse_weights must be one of"):
+        LayerParallel(tiny(), coarse_weights="average")
+    with pytest.raises(ValueError, match="network.coarse_weights"):
+        mr.load_config(overrides={"network.coarse_weights": "last"})

@@ -20,6 +20,8 @@ CASES = [
     "mlp_N11_L1",
     "buffer_N11_L2_m3",
     "buffer_N7_L1",
+    "bottleneck_N13_L3_m2_mean",
+    "buffer_N11_L2_m3_mean",
 ]
 
 
@@ -60,3 +62,11 @@ def test_a_bad_block_on_one_rank_is_the_same_error_everywhere(reports, n):
         assert messages["not_module"] == f"TypeError: layer 10: make_block(10) must return a torch.nn.Module; got str{where}"
         assert messages["reshapes"].startswith("ValueError: layer 10: the block maps a state of shape (2, 4, 4, 4)")
     assert len({str(m) for m in reports[n]["errors"]}) == 1
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_mean_coarse_blocks_make_the_coarse_pass_more_accurate(reports, n):
+    errors = reports[n]["coarse_weights"]
+    # conv-act-conv: the mean of the blocks is not the sum of their steps to first order (products of weights), but it is closer
+    assert errors["mean"] < 0.8 * errors["first"]
+    assert errors["mean"] == pytest.approx(reports[1]["coarse_weights"]["mean"], rel=1e-8), "the same at every rank count"

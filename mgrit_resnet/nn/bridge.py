@@ -25,7 +25,7 @@ from ..result import SolveResult
 from .module_steps import ModuleSteps
 from .ops import ConvOps, DenseOps
 from .partition import foreign_layers, layer_partition
-from .propagators import BuiltinSteps
+from .propagators import BuiltinSteps, coarse_intervals
 from .spec import NetworkSpec
 
 
@@ -94,6 +94,7 @@ class LayerSolves:
         fwd_iters: int | None = None,
         bwd_iters: int | None = None,
         track_grad_error: bool = False,
+        coarse_weights: str = "first",
     ) -> LayerSolves:
         """The solves of ``spec`` (or of user blocks' steps) over the ranks of ``backend`` with the ``[mgrit]`` options ``mgrit``.
 
@@ -112,14 +113,19 @@ class LayerSolves:
         serial_forward = solver(backend, fwd, None, levels=1)
         serial_adjoint = solver(reversed_backend, adj, None, levels=1)
         hierarchy = forward.hierarchy
+        intervals = coarse_intervals(hierarchy)
+        # with the adjoint's, counted from layer N (not the forward's when N is not a multiple of a level's stride)
+        intervals = sorted({*intervals, *((depth - stop, depth - start) for start, stop in intervals)})
         check_coarse_grid(mgrit, depth, "network.depth")
         # One level is layer-serial and kept bitwise equal to autograd; multilevel solves agree to the
         # solver tolerance anyway and take the faster adjoint kernels.
         if isinstance(spec, NetworkSpec):
-            steps = BuiltinSteps(spec, spec.ops if hierarchy.n_levels == 1 else spec.fast_ops())
+            ops = spec.ops if hierarchy.n_levels == 1 else spec.fast_ops()
+            steps = BuiltinSteps(spec, ops, coarse_weights, intervals)
         else:
             steps = spec
             steps.fast_vjp = hierarchy.n_levels > 1
+            steps.coarse_weights, steps.intervals = coarse_weights, intervals
         return cls(
             depth, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, steps,
             foreign_layers(hierarchy, layer_bounds), track_grad_error,

@@ -51,6 +51,7 @@ def parallel_from_config(network: Any, mgrit: Any, comm: Any = None, seed: int =
         parts = user_network_parts(network, local_rank)
         return (StagedParallel if "stages" in parts else LayerParallel)(**parts, comm=backend, seed=seed, **solver)
     if values.get("depths"):
+        solver.setdefault("coarse_weights", values.get("coarse_weights", "first"))
         return StagedParallel(**builtin_staged_parts(values, seed, local_rank), comm=backend, seed=seed, **solver)
     return LayerParallel.from_config(network, mgrit, comm=backend, seed=seed, **options)
 

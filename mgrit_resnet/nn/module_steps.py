@@ -37,7 +37,7 @@ from torch import nn
 
 from .conv_vjp import FastConvVJP, input_grad_only
 from .partition import exchange_foreign
-from .user import flat_buffer, load_flat, module_nbytes
+from .user import flat_buffer, load_flat, module_nbytes, module_tensors
 
 
 def trainable(block: nn.Module) -> list[nn.Parameter]:
@@ -80,6 +80,7 @@ class ModuleForward:
                 out = torch.add(x, f, alpha=self.h)  # as ODEResNet, bitwise
             self.saved[start] = (x, f, out)
             return out.detach()
+        block = self.weights.get((start, stop), block)  # the interval's mean block, with coarse_weights = "mean"
         with torch.no_grad():
             return torch.add(u, block(u), alpha=(stop - start) * self.h)
 
@@ -122,8 +123,14 @@ class ModuleAdjoint:
             with input_grad_only():
                 (gx,) = torch.autograd.grad(out, (x,), lam, retain_graph=True)
             return gx
+        mean = fwd.weights.get((layer, layer + stop - start))
         with input_grad_only():
-            (gx,) = torch.autograd.grad(f, (x,), lam * ((stop - start) * fwd.h), retain_graph=True, allow_unused=True)
+            if mean is None:
+                (gx,) = torch.autograd.grad(f, (x,), lam * ((stop - start) * fwd.h), retain_graph=True, allow_unused=True)
+            else:  # the adjoint of the mean block's coarse step, at the fine state
+                with torch.enable_grad():
+                    xm = x.detach().requires_grad_()
+                    (gx,) = torch.autograd.grad(mean(xm), (xm,), lam * ((stop - start) * fwd.h), allow_unused=True)
         return lam.clone() if gx is None else lam + gx
 
     def parameter_grads(self, layer: int) -> tuple[torch.Tensor, ...]:
@@ -161,7 +168,10 @@ class ModuleSteps:
         self.depth = depth
         self.h = t_final / depth
         self.fast_vjp = False  # set for multilevel solves, as the built-in kinds take their fast operators
+        self.coarse_weights = "first"
+        self.intervals: list[tuple[int, int]] = []
         self._borrowed: dict[int, nn.Module] = {}
+        self._means: dict[tuple[int, int], nn.Module] = {}
 
     def own(self, layer: nn.Module) -> nn.Module:
         """What the forward steps use of one of this rank's layers: the block itself (its fine steps record graphs)."""
@@ -191,7 +201,34 @@ class ModuleSteps:
             blocks[n] = self._borrowed[n]
 
         sent = exchange_foreign(backend, plan, layer_bounds, lambda n: flat_buffer(own[n]), incoming, arrived)
+        if self.coarse_weights == "mean" and self.intervals:
+            blocks.update(self._interval_means(backend, own))
         return blocks, sent
+
+    def _interval_means(self, backend: Any, own: dict[int, nn.Module]) -> dict[tuple[int, int], nn.Module]:
+        """Collective: ``(start, stop) ->`` a block holding the mean parameters and floating buffers of the interval's blocks.
+
+        Each rank sums the tensors of the blocks it holds; one buffer allreduce
+        adds the ranks' sums. The mean blocks are built once by the factory
+        (of the interval's first layer) and refilled at every call.
+        """
+        template = [t for t in module_tensors(next(iter(own.values()))) if t.is_floating_point()]
+        size = sum(t.numel() for t in template)
+        sums = torch.zeros((len(self.intervals), size), dtype=torch.float64)
+        for i, (start, stop) in enumerate(self.intervals):
+            for n in range(start, stop):
+                if n in own:
+                    sums[i] += torch.cat([t.detach().reshape(-1).double().cpu() for t in module_tensors(own[n]) if t.is_floating_point()])
+        backend.allreduce_buffer(sums)
+        for i, (start, stop) in enumerate(self.intervals):
+            if (start, stop) not in self._means:
+                self._means[(start, stop)] = self.make(start).requires_grad_(False)
+            mean, offset = sums[i] / (stop - start), 0
+            with torch.no_grad():
+                for t in (t for t in module_tensors(self._means[(start, stop)]) if t.is_floating_point()):
+                    t.copy_(mean[offset : offset + t.numel()].view(t.shape))
+                    offset += t.numel()
+        return dict(self._means)
 
     def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ModuleForward:
         """Forward propagation of ``x0``; ``record``: keep each layer's graph for the adjoint."""

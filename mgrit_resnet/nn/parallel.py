@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .. import comm as comm_module
-from .._checks import check_int
+from .._checks import check_choice, check_int
+from ..config import COARSE_WEIGHTS
 from ..hierarchy import Hierarchy
 from ..mgrit import options_from_config
 from .bridge import CallStats, LayerFunction, LayerSolves
@@ -123,6 +124,12 @@ class LayerParallel(nn.Module):
         vector-Jacobian product for the same output gradient and record the
         relative error of the MGRIT one (parameters and input gradient) in
         ``stats.grad_error``. Costs a serial forward and backward sweep.
+    coarse_weights
+        A coarse step over an interval of layers uses the weights of its first
+        layer (``"first"``) or the mean weights of its layers (``"mean"``; see
+        :mod:`~mgrit_resnet.nn.propagators`); for user blocks, a block of the
+        interval's first layer holding the mean of its blocks' parameters and
+        floating-point buffers.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class LayerParallel(nn.Module):
         bwd_iters: int | None = None,
         warm_start: bool = False,
         track_grad_error: bool = False,
+        coarse_weights: str = "first",
     ) -> None:
         check_arguments(spec, block, depth, t_final, opening=opening, closing=closing, input_shape=input_shape, device=device)
         check_ends(ends, opening, closing)
@@ -177,6 +185,7 @@ class LayerParallel(nn.Module):
                 raise TypeError(f"{name} must be true or false; got {value!r}")
         self.fwd_iters, self.bwd_iters = fwd_iters, bwd_iters
         self.warm_start = warm_start
+        check_choice("coarse_weights", coarse_weights, COARSE_WEIGHTS)
 
         mgrit = dict(
             levels=levels, coarsening=coarsening, min_coarse=min_coarse, relax=relax, c_weight=c_weight, cycle=cycle, tol=tol,
@@ -185,7 +194,7 @@ class LayerParallel(nn.Module):
         )  # fmt: skip
         self._warm: dict[Hashable, WarmStart] = {}
         if spec is not None:
-            self._solves = LayerSolves.build(spec, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
+            self._solves = LayerSolves.build(spec, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error, coarse_weights)
             self.owned_layers = self._solves.owned_layers
             self.device = resolve_device(spec, comm_module.local_rank(self.backend) if spec.device == "cuda" else 0)
             self.dtype = spec.torch_dtype
@@ -197,7 +206,7 @@ class LayerParallel(nn.Module):
             return
         self.device = default_device(opening, device)
         steps = ModuleSteps(lambda n: seeded_block(block, n, seed, self.device), depth, t_final)
-        self._solves = LayerSolves.build(steps, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error)
+        self._solves = LayerSolves.build(steps, self.backend, mgrit, fwd_iters, bwd_iters, track_grad_error, coarse_weights)
         self.owned_layers = self._solves.owned_layers
         parts = UserParts(self.backend, block, seed, self.owned_layers, opening, closing, self.device, input_shape)
         self.dtype = parts.dtype
@@ -220,6 +229,7 @@ class LayerParallel(nn.Module):
         ``network.dtype`` on the rank's device.
         """
         mgrit_options = options_from_config(mgrit)
+        options = {"coarse_weights": network_value(network, "coarse_weights") or "first", **options}
         if network_value(network, "kind") != "module":
             return cls(NetworkSpec.from_config(network), comm=comm, seed=seed, **mgrit_options, **options)
         backend = comm_module.backend_for(comm)

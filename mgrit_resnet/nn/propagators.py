@@ -1,5 +1,13 @@
 """The network's forward and adjoint propagation as MGRIT problems.
 
+Coarse steps use the weights of their interval's first layer, or with
+``coarse_weights = "mean"`` the mean weights of the interval's layers: for
+layers whose weights vary from one to the next, the mean step
+``x + dT sigma(mean(W) x + mean(b))`` is the sum of the interval's steps to
+first order in the activation, the first layer's step is not, so each MGRIT
+iteration reduces the error much further. The adjoint's coarse steps take the
+same mean weight.
+
 Forward: point ``n`` holds the state ``x_n``; the step from fine point ``a`` to
 ``b`` (``b - a = 1`` on the fine level, the level's stride on coarser ones)
 is the residual layer ``a`` with step size ``(b - a) h``.
@@ -46,7 +54,7 @@ class ForwardProblem:
         return self.x0
 
     def step(self, u: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
-        weight, bias = self.weights[start]
+        weight, bias = self.weights[start] if level == 0 else self.weights.get((start, stop), self.weights[start])
         a, saved = self.act.forward(self.ops.pre(u, weight, bias))
         if level == 0:
             self.saved[start] = (u, saved)
@@ -70,7 +78,7 @@ class AdjointProblem:
         fwd = self.forward
         layer = fwd.n_steps - stop
         x, saved = fwd.saved[layer]
-        weight = fwd.weights[layer][0]
+        weight = fwd.weights[layer][0] if level == 0 else fwd.weights.get((layer, layer + stop - start), fwd.weights[layer])[0]
         h = fwd.h if level == 0 else (stop - start) * fwd.h
         gz = fwd.act.backward(lam * h, saved)
         if level == 0:
@@ -84,6 +92,34 @@ class AdjointProblem:
         return fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
 
 
+def interval_means(backend: Any, own: dict[int, tuple[torch.Tensor, torch.Tensor]], intervals: list[tuple[int, int]]) -> dict:
+    """Collective: ``(start, stop) -> (mean W, mean b)`` of the layers ``start ... stop - 1`` of every interval, on every rank.
+
+    Each rank sums the layers it holds; one buffer allreduce adds the ranks' sums.
+    """
+    weight, bias = next(iter(own.values()))
+    sums = torch.zeros((len(intervals), weight.numel() + bias.numel()), dtype=weight.dtype)
+    for i, (start, stop) in enumerate(intervals):
+        for n in range(start, stop):
+            if n in own:
+                sums[i] += torch.cat([t.reshape(-1) for t in own[n]]).cpu()
+    backend.allreduce_buffer(sums)
+    means = {}
+    for i, (start, stop) in enumerate(intervals):
+        flat = (sums[i] / (stop - start)).to(weight.device)
+        means[(start, stop)] = (flat[: weight.numel()].view(weight.shape), flat[weight.numel() :])
+    return means
+
+
+def coarse_intervals(hierarchy: Any) -> list[tuple[int, int]]:
+    """The fine-layer intervals ``[start, stop)`` of every coarse step of ``hierarchy``."""
+    return [
+        ((j - 1) * hierarchy.stride(level), j * hierarchy.stride(level))
+        for level in range(1, hierarchy.n_levels)
+        for j in range(1, hierarchy.points(level))
+    ]
+
+
 class BuiltinSteps:
     """The built-in layers (``x + h sigma(W x + b)``) as MGRIT problems: what travels, what is trained, the problem pair.
 
@@ -92,9 +128,11 @@ class BuiltinSteps:
     general (user block) twin.
     """
 
-    def __init__(self, spec: Any, ops: Any) -> None:
+    def __init__(self, spec: Any, ops: Any, coarse_weights: str = "first", intervals: list[tuple[int, int]] | None = None) -> None:
         self.spec = spec
         self.ops = ops
+        self.coarse_weights = coarse_weights
+        self.intervals = intervals or []
 
     def own(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """What the forward steps use of one of this rank's layers: its weights, detached."""
@@ -105,8 +143,15 @@ class BuiltinSteps:
         return [layer.weight, layer.bias]
 
     def fetch(self, backend: Any, plan: list[list[int]], layer_bounds: list[int], own: dict, device: torch.device) -> tuple[dict, int]:
-        """Collective: ``own`` with the other ranks' layers this rank's coarse steps use, and the bytes sent."""
-        return fetch_foreign_weights(backend, plan, layer_bounds, own, device)
+        """Collective: ``own`` with the other ranks' layers this rank's coarse steps use, and the bytes sent.
+
+        With ``coarse_weights = "mean"`` also, keyed ``(start, stop)``, the mean
+        weights of every coarse interval's layers (one sum over all ranks).
+        """
+        weights, sent = fetch_foreign_weights(backend, plan, layer_bounds, own, device)
+        if self.coarse_weights == "mean" and self.intervals:
+            weights.update(interval_means(backend, own, self.intervals))
+        return weights, sent
 
     def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ForwardProblem:
         """Forward propagation of ``x0`` (it always keeps what the adjoint needs: one state and activation per layer)."""

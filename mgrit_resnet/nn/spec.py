@@ -25,6 +25,8 @@ DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_N
 USER_NETWORK_KEYS = ("module", "options")
 #: The ``[network]`` keys that only a network of stages reads (:mod:`~mgrit_resnet.nn.configured`).
 STAGE_KEYS = ("depths", "widths")
+#: Keys of ``[network]`` that only the layer-parallel network reads.
+PARALLEL_KEYS = ("coarse_weights",)
 #: The input checks' verdicts by code, for ranks that compare them (0: a valid input).
 INPUT_PROBLEMS = ("not a tensor", "of the wrong shape", "not floating-point", "not finite")
 #: The code and the message of the one problem whose message does not depend on the input.
@@ -83,7 +85,7 @@ class NetworkSpec:
                 f"network.depths = {values['depths']} makes a network of stages, not a NetworkSpec: build it with "
                 "mgrit_resnet.nn.serial_from_config / parallel_from_config (or StagedResNet / StagedParallel)"
             )
-        for key in (*USER_NETWORK_KEYS, *STAGE_KEYS):
+        for key in (*USER_NETWORK_KEYS, *STAGE_KEYS, *PARALLEL_KEYS):
             values.pop(key, None)
         return cls(**values)
 

@@ -40,6 +40,9 @@ CASES = {
     "conv_N37_L2_m4_smooth": (conv(depth=37, activation="smooth_relu"), dict(levels=2, coarsening=4, tol=1e-13)),
     "conv_N37_L1_relu": (conv(depth=37, activation="relu"), dict(levels=1)),
     "dense_N37_float32": (dense(depth=37, dtype="float32"), dict(levels=3, coarsening=2, tol=1e-6)),
+    # Mean coarse weights; 37 layers: the adjoint's coarse intervals, counted from layer N, are not the forward's.
+    "conv_N37_L3_m3_mean": (conv(depth=37), dict(levels=3, coarsening=3, tol=1e-13, coarse_weights="mean")),
+    "dense_N13_L2_m2_mean": (dense(depth=13), dict(levels=2, coarsening=2, tol=1e-13, coarse_weights="mean")),
 }
 
 
@@ -117,6 +120,17 @@ for fwd, bwd in [(1, 1), (2, 1), (3, 3), (5, 5)]:
     torch.nn.functional.cross_entropy(par(x), y).backward()
     rows.append([fwd, bwd, par.stats.grad_error, par.stats.forward["iterations"], par.stats.adjoint["iterations"]])
 report["one_shot"] = rows
+
+# One coarse pass and one fine sweep (skip_first_down, 1/1): the error is the coarse steps' own, first layer against mean.
+coarse = {}
+for weights in ("first", "mean"):
+    par = LayerParallel(
+        spec, comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=1, bwd_iters=1,
+        track_grad_error=True, coarse_weights=weights,
+    )  # fmt: skip
+    torch.nn.functional.cross_entropy(par(x), y).backward()
+    coarse[weights] = par.stats.grad_error
+report["coarse_weights"] = coarse
 
 # Warm start: the second call with the same key and batch starts from the first call's states.
 par = LayerParallel(spec, comm=comm, seed=5, levels=3, coarsening=3, fwd_iters=1, bwd_iters=1, warm_start=True, track_grad_error=True)

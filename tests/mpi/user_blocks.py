@@ -60,6 +60,9 @@ CASES = {
     "mlp_N11_L1": ("mlp", 11, dict(levels=1)),
     "buffer_N11_L2_m3": ("buffer", 11, dict(levels=2, coarsening=3, tol=1e-13)),
     "buffer_N7_L1": ("buffer", 7, dict(levels=1)),
+    # Mean coarse blocks (parameters and buffers averaged); 13 layers: the adjoint's coarse intervals are not the forward's.
+    "bottleneck_N13_L3_m2_mean": ("bottleneck", 13, dict(levels=3, coarsening=2, tol=1e-13, coarse_weights="mean")),
+    "buffer_N11_L2_m3_mean": ("buffer", 11, dict(levels=2, coarsening=3, tol=1e-13, coarse_weights="mean")),
 }
 
 
@@ -122,6 +125,17 @@ for _ in range(2):
     optimizer.step()
     errors.append(par.stats.grad_error)
 report["one_shot"] = {"errors": errors, "warm_keys": list(par.warm_state_dict())}
+
+# One coarse pass and one fine sweep: the error is the coarse steps' own, first block against the mean block.
+coarse = {}
+for weights in ("first", "mean"):
+    par = network(
+        "conv", 13, comm, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=1, bwd_iters=1,
+        track_grad_error=True, coarse_weights=weights,
+    )  # fmt: skip
+    torch.nn.functional.cross_entropy(par(x), y).backward()
+    coarse[weights] = par.stats.grad_error
+report["coarse_weights"] = coarse
 
 
 # Construction checks: a bad block on the last rank's last layer is an error on every rank.
