@@ -162,3 +162,17 @@ def test_adaptive_trains_auto_fixed_and_serial_and_counts_layer_steps(tmp_path, 
         assert all(r["fwd_iters_mean"] >= 1 and r["grad_checks"] >= 1 for r in rows[5:])
     printed = capsys.readouterr().out
     assert "cheapest fixed setting within 0.5 point of serial" in printed and "auto 0.01:" in printed
+
+
+@pytest.mark.mpi
+def test_fronts_marks_every_point_on_the_front_or_dominated(tmp_path):
+    fronts = load(ROOT / "benchmarks" / "fronts.py")
+    points = fronts.main(["--quick", "--json", str(tmp_path / "f.json"), "--plot", str(tmp_path / "f.png")])
+    tools = {p["tool"] for p in points}
+    assert tools == {"mgrit_resnet", "TorchBraid"} and (tmp_path / "f.png").stat().st_size > 0
+    front = [p for p in points if p["dominated_by"] is None]
+    assert front and all(not any(q["cost"] <= p["cost"] and q["error"] < p["error"] for q in points) for p in front)
+    for p in points:
+        if p["dominated_by"] is not None:
+            by = next(q for q in points if q["label"] == p["dominated_by"])
+            assert by["cost"] <= p["cost"] and by["error"] <= p["error"]
