@@ -6,7 +6,8 @@ layers whose weights vary from one to the next, the mean step
 ``x + dT sigma(mean(W) x + mean(b))`` is the sum of the interval's steps to
 first order in the activation, the first layer's step is not, so each MGRIT
 iteration reduces the error much further. The adjoint's coarse steps take the
-same mean weight.
+same mean weight, with the activation's derivative stored at the interval's
+first fine state (nothing is recomputed).
 
 Forward: point ``n`` holds the state ``x_n``; the step from fine point ``a`` to
 ``b`` (``b - a = 1`` on the fine level, the level's stride on coarser ones)
