@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .conv_vjp import FastConvVJP, input_grad_only
-from .partition import exchange_foreign
+from .partition import exchange_foreign, interval_means
 from .user import flat_buffer, load_flat, module_nbytes, module_tensors
 
 
@@ -145,6 +145,11 @@ class ModuleAdjoint:
         return tuple(_zeros_if_none(g, p) for g, p in zip(got, params))
 
 
+def _floating(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters and floating-point buffers of ``module``: what a mean block averages."""
+    return [t for t in module_tensors(module) if t.is_floating_point()]
+
+
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
@@ -208,24 +213,19 @@ class ModuleSteps:
     def _interval_means(self, backend: Any, own: dict[int, nn.Module]) -> dict[tuple[int, int], nn.Module]:
         """Collective: ``(start, stop) ->`` a block holding the mean parameters and floating buffers of the interval's blocks.
 
-        Each rank sums the tensors of the blocks it holds; one buffer allreduce
-        adds the ranks' sums. The mean blocks are built once by the factory
+        The sums are :func:`~mgrit_resnet.nn.partition.interval_means`' (in
+        float64). The mean blocks are built once by the factory
         (of the interval's first layer) and refilled at every call.
         """
-        template = [t for t in module_tensors(next(iter(own.values()))) if t.is_floating_point()]
-        size = sum(t.numel() for t in template)
-        sums = torch.zeros((len(self.intervals), size), dtype=torch.float64)
-        for i, (start, stop) in enumerate(self.intervals):
-            for n in range(start, stop):
-                if n in own:
-                    sums[i] += torch.cat([t.detach().reshape(-1).double().cpu() for t in module_tensors(own[n]) if t.is_floating_point()])
-        backend.allreduce_buffer(sums)
-        for i, (start, stop) in enumerate(self.intervals):
+        if not _floating(next(iter(own.values()))):
+            return {}  # blocks without parameters or buffers are all alike
+        flat = {n: torch.cat([t.detach().reshape(-1).double().cpu() for t in _floating(block)]) for n, block in own.items()}
+        for (start, stop), mean in interval_means(backend, flat, self.intervals).items():
             if (start, stop) not in self._means:
                 self._means[(start, stop)] = self.make(start).requires_grad_(False)
-            mean, offset = sums[i] / (stop - start), 0
+            offset = 0
             with torch.no_grad():
-                for t in (t for t in module_tensors(self._means[(start, stop)]) if t.is_floating_point()):
+                for t in _floating(self._means[(start, stop)]):
                     t.copy_(mean[offset : offset + t.numel()].view(t.shape))
                     offset += t.numel()
         return dict(self._means)

@@ -116,3 +116,20 @@ def fetch_foreign_weights(
         arrived,
     )
     return weights, sent
+
+
+def interval_means(backend: Any, flat: dict[int, torch.Tensor], intervals: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """Collective: ``(start, stop) ->`` the mean of the flat vectors of layers ``start ... stop - 1``, on every rank.
+
+    ``flat`` holds this rank's layers (a contiguous run; one flat host vector
+    each, all of one length and dtype). Each rank sums its share of every
+    interval in layer order; one buffer allreduce adds the ranks' sums.
+    """
+    first = next(iter(flat.values()))
+    sums = torch.zeros((len(intervals), first.numel()), dtype=first.dtype)
+    lo, hi = min(flat), max(flat) + 1
+    for i, (start, stop) in enumerate(intervals):
+        for n in range(max(start, lo), min(stop, hi)):
+            sums[i] += flat[n]
+    backend.allreduce_buffer(sums)
+    return {(start, stop): sums[i] / (stop - start) for i, (start, stop) in enumerate(intervals)}

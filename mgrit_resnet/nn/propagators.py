@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .activations import Activation
-from .partition import fetch_foreign_weights
+from .partition import fetch_foreign_weights, interval_means
 
 
 class ForwardProblem:
@@ -55,7 +55,7 @@ class ForwardProblem:
         return self.x0
 
     def step(self, u: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
-        weight, bias = self.weights[start] if level == 0 else self.weights.get((start, stop), self.weights[start])
+        weight, bias = self.weights[start] if level == 0 else self.weights.get((start, stop)) or self.weights[start]
         a, saved = self.act.forward(self.ops.pre(u, weight, bias))
         if level == 0:
             self.saved[start] = (u, saved)
@@ -79,7 +79,7 @@ class AdjointProblem:
         fwd = self.forward
         layer = fwd.n_steps - stop
         x, saved = fwd.saved[layer]
-        weight = fwd.weights[layer][0] if level == 0 else fwd.weights.get((layer, layer + stop - start), fwd.weights[layer])[0]
+        weight = (fwd.weights[layer] if level == 0 else fwd.weights.get((layer, layer + stop - start)) or fwd.weights[layer])[0]
         h = fwd.h if level == 0 else (stop - start) * fwd.h
         gz = fwd.act.backward(lam * h, saved)
         if level == 0:
@@ -91,25 +91,6 @@ class AdjointProblem:
         fwd = self.forward
         x = fwd.saved[layer][0]
         return fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
-
-
-def interval_means(backend: Any, own: dict[int, tuple[torch.Tensor, torch.Tensor]], intervals: list[tuple[int, int]]) -> dict:
-    """Collective: ``(start, stop) -> (mean W, mean b)`` of the layers ``start ... stop - 1`` of every interval, on every rank.
-
-    Each rank sums the layers it holds; one buffer allreduce adds the ranks' sums.
-    """
-    weight, bias = next(iter(own.values()))
-    sums = torch.zeros((len(intervals), weight.numel() + bias.numel()), dtype=weight.dtype)
-    for i, (start, stop) in enumerate(intervals):
-        for n in range(start, stop):
-            if n in own:
-                sums[i] += torch.cat([t.reshape(-1) for t in own[n]]).cpu()
-    backend.allreduce_buffer(sums)
-    means = {}
-    for i, (start, stop) in enumerate(intervals):
-        flat = (sums[i] / (stop - start)).to(weight.device)
-        means[(start, stop)] = (flat[: weight.numel()].view(weight.shape), flat[weight.numel() :])
-    return means
 
 
 def coarse_intervals(hierarchy: Any) -> list[tuple[int, int]]:
@@ -151,7 +132,11 @@ class BuiltinSteps:
         """
         weights, sent = fetch_foreign_weights(backend, plan, layer_bounds, own, device)
         if self.coarse_weights == "mean" and self.intervals:
-            weights.update(interval_means(backend, own, self.intervals))
+            weight = next(iter(own.values()))[0]
+            flat = {n: torch.cat([t.reshape(-1) for t in layer]).cpu() for n, layer in own.items()}
+            for interval, mean in interval_means(backend, flat, self.intervals).items():
+                mean = mean.to(weight.device)
+                weights[interval] = (mean[: weight.numel()].view(weight.shape), mean[weight.numel() :])
         return weights, sent
 
     def forward_problem(self, x0: torch.Tensor, weights: dict, record: bool = True) -> ForwardProblem:
