@@ -3,17 +3,29 @@
 Each of the project's settings is measured with ``benchmarks/layer_parallel.py``
 at P = 1 (conv network: 8 channels, 28 x 28, N = 64, batch 50, float32, one
 thread; cost relative to the serial autograd step timed beside it, gradient
-error against that step's gradient). TorchBraid's points are the figures
-measured side by side on this machine for issue 16 (same network in
-TorchBraid's layout, 3 levels, coarsening 4, F/FCF, warm starts); they are
-quoted, not rerun, and marked so. The script prints every point, whether it is
-on the front of all points or which point dominates it (no more costly and
-no less accurate, one of them strictly), and which of the peer's points each
-of the project's points dominates; with ``--plot`` it draws both fronts.
+error against that step's gradient).
+
+TorchBraid's points (same network in TorchBraid's layout, 3 levels, coarsening
+4, F/FCF, its warm starts; iterations 1/1, 2/1, 3/3, 5/5) are measured now,
+in this process, by ``benchmarks/torchbraid_front.py`` wherever ``import
+torchbraid`` works (``benchmarks/README.md`` says how to install it beside the
+project), with the same protocol: cost relative to a plain PyTorch step of the
+same network timed beside it, gradient error against that step's gradient.
+Where TorchBraid is not installed the script says so in one line and uses the
+figures measured side by side on this machine for issue 16 instead; those are
+quoted, not rerun, and marked so. ``--peer measure`` insists on measuring (and
+stops where TorchBraid is missing), ``--peer quoted`` takes the quoted figures
+even where it is installed.
+
+The script prints every point, whether it is on the front of all points or
+which point dominates it (no more costly and no less accurate, one of them
+strictly), and which of the peer's points each of the project's points
+dominates; with ``--plot`` it draws both fronts. ``--quick`` measures both
+tools on a tiny network (a smoke run of seconds).
 
 Usage::
 
-    python benchmarks/fronts.py [--plot fronts.png] [--json out.json] [--quick]
+    python benchmarks/fronts.py [--peer {auto,measure,quoted}] [--plot fronts.png] [--json out.json] [--quick]
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ SETTINGS = {
         "1/1",
     ),
 }
-#: TorchBraid, measured for issue 16 on this machine (fwd/adj iterations: cost vs serial, gradient error).
+#: TorchBraid, measured for issue 16 on this machine (fwd/adj iterations: cost vs serial, gradient error); quoted where it is not installed.
 PEER = {"1/1": (1.61, 0.16), "2/1": (2.38, 0.081), "3/3": (6.16, 2.6e-3), "5/5": (11.4, 1.9e-5)}
 QUICK = ["--depth", "32", "--width", "2", "--image-size", "6", "--batch", "4", "--batches", "2", "--steps", "1", "--warmup", "1"]
 
@@ -54,6 +66,61 @@ def measure(label: str, options: list[str], iters: str, quick: bool) -> list[dic
         {"tool": "mgrit_resnet", "label": f"{label}, {s['setting']}", "cost": s["ratio"], "error": s["grad_error"], "quoted": False}
         for s in settings
     ]
+
+
+def choose_peer(mode: str) -> bool:
+    """Whether TorchBraid's points are measured (``True``) or quoted from :data:`PEER`.
+
+    Parameters
+    ----------
+    mode
+        ``"auto"``: measured where ``import torchbraid`` works, else quoted,
+        which one line on stdout says; ``"measure"``: measured, or
+        ``SystemExit`` where TorchBraid cannot be imported; ``"quoted"``: quoted.
+    """
+    if mode not in ("auto", "measure", "quoted"):
+        raise ValueError(f"mode must be auto, measure or quoted; got {mode!r}")
+    if mode == "quoted":
+        return False
+    try:
+        import torchbraid  # noqa: F401
+    except ImportError as error:
+        if mode == "measure":
+            raise SystemExit(
+                f"--peer measure: TorchBraid cannot be imported here ({error}); benchmarks/README.md says how to install it"
+            ) from error
+        print("TorchBraid is not installed here: its points are the figures quoted from issue 16", flush=True)
+        return False
+    return True
+
+
+def peer_points(measured: bool, quick: bool) -> tuple[list[dict[str, Any]], str]:
+    """TorchBraid's points, and a line saying where they come from.
+
+    Parameters
+    ----------
+    measured
+        Measure them with ``torchbraid_front.py`` (needs TorchBraid), or quote :data:`PEER`.
+    quick
+        Measure on the tiny network of ``torchbraid_front.QUICK``.
+
+    Returns
+    -------
+    points, note
+        The points in this script's format (``"quoted"`` tells them apart) and
+        a line for the report.
+    """
+    if measured:
+        import torchbraid_front
+
+        case = torchbraid_front.QUICK if quick else torchbraid_front.FULL
+        note = (
+            f"TorchBraid's points were measured now at P = 1 by torchbraid_front.py: its layout, {case.levels} levels, "
+            f"m = {case.coarsening}, F/FCF, {'first down-cycle skipped, ' if case.skip_downcycle else ''}warm restarts"
+        )
+        return torchbraid_front.measure(quick=quick), note
+    quoted = [{"tool": "TorchBraid", "label": f"TorchBraid {k}", "cost": c, "error": e, "quoted": True} for k, (c, e) in PEER.items()]
+    return quoted, "TorchBraid's points are quoted from issue 16's side-by-side measurement on this machine, not rerun here"
 
 
 def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -78,7 +145,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for tool, marker, color in (("mgrit_resnet", "o", "C0"), ("TorchBraid", "x", "C1")):
         mine = sorted((p for p in points if p["tool"] == tool), key=lambda p: p["cost"])
-        label = tool if tool == "mgrit_resnet" else f"{tool} (quoted)"
+        label = f"{tool} (quoted)" if any(p["quoted"] for p in mine) else tool
         ax.scatter([p["cost"] for p in mine], [p["error"] for p in mine], marker=marker, color=color, label=label)
         front = [p for p in mine if not any(dominates(q, p) for q in mine)]
         ax.plot([p["cost"] for p in front], [p["error"] for p in front], color=color, linewidth=1)
@@ -94,19 +161,28 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny network, one setting per hierarchy: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="tiny networks (the project: one setting per hierarchy): a smoke run")
     parser.add_argument("--plot", type=Path, help="draw both fronts to this PNG")
     parser.add_argument("--json", type=Path, help="write the points to this file")
+    parser.add_argument(
+        "--peer",
+        choices=("auto", "measure", "quoted"),
+        default="auto",
+        help="TorchBraid's points: measured where it is installed, else quoted (auto); measured or stop (measure); quoted (quoted)",
+    )
     args = parser.parse_args(argv)
+    measured = choose_peer(args.peer)  # before the project's runs: '--peer measure' without TorchBraid stops at once
     points = [p for label, (options, iters) in SETTINGS.items() for p in measure(label, options, iters, args.quick)]
-    points += [{"tool": "TorchBraid", "label": f"TorchBraid {k}", "cost": c, "error": e, "quoted": True} for k, (c, e) in PEER.items()]
+    peer, note = peer_points(measured, args.quick)
+    points += peer
     classify(points)
-    print("TorchBraid's points are quoted from issue 16's side-by-side measurement on this machine, not rerun here")
+    print(note)
     print(f"{'point':52s} {'cost':>7s} {'error':>9s}  front / dominated by; dominates")
     for p in sorted(points, key=lambda p: p["cost"]):
         where = "on the front" if p["dominated_by"] is None else f"dominated by {p['dominated_by']}"
         extra = f"; dominates {', '.join(p['dominates_peer'])}" if p["dominates_peer"] else ""
-        print(f"{p['label']:52s} {p['cost']:6.2f}x {p['error']:9.2e}  {where}{extra}")
+        label = f"{p['label']} (quoted)" if p["quoted"] else p["label"]
+        print(f"{label:52s} {p['cost']:6.2f}x {p['error']:9.2e}  {where}{extra}")
     if args.plot:
         plot(points, args.plot)
     if args.json:

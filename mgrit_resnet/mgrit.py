@@ -96,7 +96,11 @@ class MGRIT:
         carried to the finer levels by F-interpolation). States passed to :meth:`solve` take precedence.
     skip_first_down
         Skip relaxation and the residual restriction on the first down-cycle:
-        the first iteration is a coarsest-level sequential solve interpolated up.
+        the first iteration is a coarsest-level sequential solve interpolated
+        up. Given the ``coarse_rhs`` of an earlier solve (:meth:`solve`), it is
+        instead a sequential solve of the first coarse level with that FAS
+        right-hand side: a lagged coarse correction, which leaves a converged
+        warm start converged. The fine states of a warm start are not read then.
     comm
         An mpi4py communicator, a backend from :mod:`mgrit_resnet.comm`, or
         ``None`` for one rank. With an mpi4py communicator of several ranks
@@ -219,6 +223,8 @@ class MGRIT:
         callback: Callable[[int, float], None] | None = None,
         *,
         problem: Problem | None = None,
+        coarse_rhs: Sequence[Any] | None = None,
+        keep_coarse_rhs: bool = False,
     ) -> SolveResult:
         """Iterate until the tolerance is met or ``max_iter`` iterations are done.
 
@@ -235,6 +241,15 @@ class MGRIT:
         problem
             The problem of this solve, with the solver's ``n_steps``; by
             default the one the solver was built with.
+        coarse_rhs
+            ``result.coarse_rhs`` of an earlier solve of this solver: with
+            ``skip_first_down``, the first iteration solves the first coarse
+            level with this right-hand side (see the class docstring).
+        keep_coarse_rhs
+            Return in ``result.coarse_rhs`` the FAS right-hand side of the first
+            coarse level at the final states (``g_c = Phi(u_{c-1}) - Phi_1(u_{c-1})``
+            at its C-points, ``None`` elsewhere; one coarse step per C-point) when
+            :attr:`uses_coarse_rhs`; ``None`` otherwise.
 
         Notes
         -----
@@ -253,7 +268,8 @@ class MGRIT:
             self._prepare_levels(u0)
             fine = self._levels[0]
             self._set_initial_guess(fine, u0, initial_guess)
-            residuals, initial_residual, iteration, converged = self._iterate(fine, initial_guess is not None, callback)
+            residuals, initial_residual, iteration, converged, phi = self._iterate(fine, initial_guess is not None, callback, coarse_rhs)
+            rhs = self._coarse_rhs(fine, phi) if keep_coarse_rhs and self.uses_coarse_rhs else None
         except BaseException:
             self._levels, self._levels_key = [], None  # a solve broken off may leave messages in flight: start afresh
             raise
@@ -280,6 +296,7 @@ class MGRIT:
             wall_time=float(table[:, 2].max()),
             states=states,
             owned=fine.own,
+            coarse_rhs=rhs,
         )
 
     def _problem_for(self, problem: Problem | None) -> Problem:
@@ -291,23 +308,32 @@ class MGRIT:
             raise ValueError(f"the problem has n_steps = {problem.n_steps!r}; this solver is built for n_steps = {self.n_steps}")
         return problem
 
+    @property
+    def uses_coarse_rhs(self) -> bool:
+        """Whether a warm start of this solver is its last solve's ``coarse_rhs`` (``skip_first_down``, several levels)."""
+        return self.skip_first_down and self.hierarchy.n_levels > 1
+
     def _iterate(
-        self, fine: _Level, warm: bool, callback: Callable[[int, float], None] | None
-    ) -> tuple[list[float], float | None, int, bool]:
-        """The iterations of a solve: residual history, initial residual, iteration count, convergence."""
+        self, fine: _Level, warm: bool, callback: Callable[[int, float], None] | None, coarse_rhs: Sequence[Any] | None = None
+    ) -> tuple[list[float], float | None, int, bool, list | None]:
+        """The iterations of a solve: residual history, initial residual, iteration count, convergence, last probe."""
         residuals: list[float] = []
         initial_residual = None
         iteration = 0
+        phi = None
+        skip_relax = warm and not self.relax_warm_start
         if self.skip_first_down and self.max_iter > 0:
-            self._coarse_pass()
-            iteration = 1
+            if coarse_rhs is not None and self.uses_coarse_rhs:
+                self._lagged_coarse_pass(fine, coarse_rhs)
+            else:
+                self._coarse_pass()
+            iteration, skip_relax = 1, False  # the pass moved the C-points: the F-points must follow
         sequential = len(self._levels) == 1 and self.max_iter > 0
         if sequential:
             self._solve_coarsest(fine)
             iteration, residuals, converged = 1, [0.0], True
             if callback is not None:
                 callback(1, 0.0)
-        skip_relax = warm and not self.relax_warm_start
         while not sequential:
             if iteration >= self.max_iter and not skip_relax:
                 self._announce_last_sweep()
@@ -331,7 +357,7 @@ class MGRIT:
                 self._solve_coarsest(fine)
             else:
                 self._cycle(0, self.cycle, phi)
-        return residuals, initial_residual, iteration, converged
+        return residuals, initial_residual, iteration, converged, phi
 
     def _announce_last_sweep(self) -> None:
         announce = getattr(self._active, "last_sweep", None)
@@ -344,8 +370,12 @@ class MGRIT:
         With ``relax_warm_start`` the first F-relaxation recomputes every
         F-point before anything reads it, so only the fine level's C-points are
         kept (one state in ``m``): keeping many warm starts then costs ``m``
-        times less memory, and the solve is the same.
+        times less memory, and the solve is the same. With :attr:`uses_coarse_rhs`
+        no state is read (the first coarse pass overwrites them all): pass
+        ``result.coarse_rhs`` instead.
         """
+        if self.uses_coarse_rhs:
+            return [None] * len(result.states)
         if not self.relax_warm_start:
             return list(result.states)
         return [s if self.hierarchy.is_c_point(0, i) else None for i, s in zip(result.owned, result.states)]
@@ -424,6 +454,29 @@ class MGRIT:
                 self._f_relax(levels[index + 1])
             self._correct(levels[index], levels[index + 1])
 
+    def _lagged_coarse_pass(self, fine: _Level, rhs: Sequence[Any]) -> None:
+        """Solve the first coarse level sequentially with an earlier solve's right-hand side; inject it into the fine C-points."""
+        if len(rhs) != len(fine.own):
+            raise ValueError(f"coarse_rhs needs one entry per owned point ({len(fine.own)} on rank {self.backend.rank}); got {len(rhs)}")
+        coarse, a, m = self._levels[1], fine.own.start, fine.m
+        coarse.u = [fine.u[j * m - a] for j in coarse.own]
+        coarse.g = [None if rhs[j * m - a] is None else (rhs[j * m - a], None) for j in coarse.own]
+        self._solve_coarsest(coarse)
+        self._correct(fine, coarse)
+
+    def _coarse_rhs(self, fine: _Level, phi: list | None) -> list | None:
+        """The first coarse level's FAS right-hand side at the final fine states, on fine point indices."""
+        if phi is None:
+            return None
+        coarse, a, m = self._levels[1], fine.own.start, fine.m
+        self._restrict(fine, coarse, phi)
+        rhs: list[Any] = [None] * len(fine.own)
+        for j, g in zip(coarse.own, coarse.g):
+            if g is not None:
+                target, injected = g
+                rhs[j * m - a] = target - injected
+        return rhs
+
     # ------------------------------------------------------------------ pieces
     def _sweep(self, level: _Level, state: Any, first: int, stop: int) -> Any:
         """``u_j = Phi_l(u_{j-1}) + g_j`` for ``j = first, ..., stop - 1``, from ``state = u_{first-1}``.
@@ -452,7 +505,8 @@ class MGRIT:
         if level.g is None or level.g[j - level.own.start] is None:
             return value
         target, injected = level.g[j - level.own.start]
-        value -= injected
+        if injected is not None:  # None: a lagged right-hand side, kept as the difference alone
+            value -= injected
         value += target
         return value
 

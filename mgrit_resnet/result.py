@@ -37,6 +37,10 @@ class SolveResult:
         This rank's fine-level states, in the order of ``owned``.
     owned
         Fine time-point indices held by this rank.
+    coarse_rhs
+        With ``keep_coarse_rhs``: the first coarse level's FAS right-hand side
+        at the final states, one entry per owned point (``None`` but at that
+        level's C-points); the warm start of a ``skip_first_down`` solver.
     """
 
     residuals: list[float]
@@ -50,6 +54,7 @@ class SolveResult:
     wall_time: float
     states: list[Any] = field(repr=False, default_factory=list)
     owned: range = range(0)
+    coarse_rhs: list[Any] | None = field(repr=False, default=None)
 
     @property
     def convergence_factors(self) -> list[float]:

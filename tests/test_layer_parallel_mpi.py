@@ -94,3 +94,14 @@ def test_mean_coarse_weights_make_the_coarse_pass_far_more_accurate(reports, n):
     errors = reports[n]["coarse_weights"]
     assert errors["mean"] < errors["first"] / 3, "a coarse step with the interval's mean weights is the sum of its steps to first order"
     assert errors["mean"] == pytest.approx(reports[1]["coarse_weights"]["mean"], rel=1e-8), "the same at every rank count"
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_one_coarse_pass_with_a_warm_start_takes_the_last_calls_coarse_right_hand_side(reports, n):
+    lagged = reports[n]["lagged_pass"]
+    warm, cold = lagged["warm"], lagged["cold"]
+    assert cold[0] == cold[1] == cold[2] == pytest.approx(warm[0], rel=1e-12), "without a warm start every call repeats the first"
+    assert warm[1] < 0.2 * warm[0] and warm[2] < 0.2 * warm[1] and warm[3] < 0.2 * warm[2], "each call corrects the last"
+    assert lagged["rhs_points"] == list(range(4, 37, 4)), "kept at the C-points of the first coarse level (the point 0 has none)"
+    assert lagged["forward_states"] == 0, "no fine state is kept: the pass reads none"
+    assert warm == pytest.approx(reports[1]["lagged_pass"]["warm"], rel=1e-6), "the same iterates at every rank count"

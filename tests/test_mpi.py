@@ -76,7 +76,8 @@ def test_a_restart_from_the_c_points_alone_is_the_same_solve(runs, n, name):
     case = runs[n]["restart"][name]
     factory, options = CASES[name]
     m = options["coarsening"][0] if isinstance(options["coarsening"], list) else options["coarsening"]
-    assert case["kept_points"] == list(range(0, factory().n_steps + 1, m))
+    # a coarse pass first (skip_first_down) reads no fine state of a warm start: none is kept
+    assert case["kept_points"] == ([] if options.get("skip_first_down") else list(range(0, factory().n_steps + 1, m)))
     assert case["kept"]["initial_residual"] == case["full"]["initial_residual"]
     assert case["kept"]["residuals"] == case["full"]["residuals"]
     assert case["kept"]["states"] == case["full"]["states"]

@@ -94,6 +94,53 @@ def test_initial_guesses_and_skip_first_down():
         assert result.converged
 
 
+def test_one_coarse_pass_with_a_lagged_right_hand_side_is_parareal_with_the_last_solves_fine_values():
+    """``U_c = G(U_{c-1}) + F(V_{c-1}) - G(V_{c-1})`` with ``V`` the last solve's states: written out here by hand."""
+    old, new = (mr.problems.Dahlquist(z=z, t_final=4.0, n_steps=48, scheme="backward_euler") for z in (-1.0 + 2j, -1.1 + 2.1j))
+    options = dict(levels=3, coarsening=4, relax="F", skip_first_down=True, max_iter=1, tol=0.0)
+    first = mr.MGRIT(old, **options).solve(keep_coarse_rhs=True)
+    assert [i for i, g in enumerate(first.coarse_rhs) if g is not None] == list(range(4, 49, 4))
+    for c in range(4, 49, 4):  # the right-hand side: m fine steps from V_{c-4} against one coarse step of the first coarse level
+        v = first.states[c - 4]
+        fine = v
+        for i in range(c - 4, c):
+            fine = old.step(fine, i, i + 1, 0)
+        assert first.coarse_rhs[c] == pytest.approx(fine - old.step(v, c - 4, c, 1), rel=1e-12)
+    second = mr.MGRIT(new, **options).solve([None] * 49, coarse_rhs=first.coarse_rhs)
+    expected = [new.initial_value()]
+    for c in range(4, 49, 4):
+        expected.append(new.step(expected[-1], c - 4, c, 1) + first.coarse_rhs[c])
+    np.testing.assert_allclose([second.states[c] for c in range(0, 49, 4)], expected, rtol=1e-12)
+    for i in range(49):  # the F-points follow the new C-points
+        if i % 4:
+            assert second.states[i] == pytest.approx(new.step(second.states[i - 1], i - 1, i, 0), rel=1e-13)
+
+
+def test_a_lagged_coarse_pass_keeps_a_converged_warm_start_converged():
+    problem = heat(n_steps=96)
+    converged = mr.MGRIT(problem, levels=3, coarsening=4, skip_first_down=True, tol=1e-12, max_iter=40).solve(keep_coarse_rhs=True)
+    one_pass = mr.MGRIT(problem, levels=3, coarsening=4, relax="F", skip_first_down=True, max_iter=1, tol=0.0)
+    lagged = one_pass.solve(one_pass.restart_states(converged), coarse_rhs=converged.coarse_rhs)
+    plain = one_pass.solve(one_pass.restart_states(converged))
+    exact = np.array(sequential(problem))
+    assert np.abs(np.array(lagged.states) - exact).max() <= 1e-10
+    assert np.abs(np.array(plain.states) - exact).max() > 1e-4, "the plain pass moves to the coarse propagator's solution"
+    assert all(s is None for s in one_pass.restart_states(converged)), "the pass reads no fine state: none is kept"
+    assert mr.MGRIT(problem, levels=3, max_iter=1).solve(keep_coarse_rhs=True).coarse_rhs is None, "only with skip_first_down"
+    with pytest.raises(ValueError, match=r"coarse_rhs needs one entry per owned point \(97 on rank 0\); got 3"):
+        one_pass.solve(coarse_rhs=[None] * 3)
+
+
+def test_skip_first_down_relaxes_the_f_points_of_a_warm_start_taken_as_it_is():
+    problem = heat(n_steps=48)
+    options = dict(levels=2, coarsening=4, relax="F", skip_first_down=True, max_iter=1, tol=0.0, relax_warm_start=False)
+    stale = [np.full(12, 7.0)] * 49
+    result = mr.MGRIT(problem, **options).solve(stale)
+    for i in range(1, 49):
+        if i % 4:
+            np.testing.assert_allclose(result.states[i], problem.step(result.states[i - 1], i - 1, i, 0), rtol=1e-13)
+
+
 def test_relative_tolerance_and_max_iter():
     problem = heat()
     rel = mr.MGRIT(problem, tol=1e-6, tol_kind="relative", max_iter=50).solve()

@@ -27,6 +27,7 @@ from .ops import ConvOps, DenseOps
 from .partition import foreign_layers, layer_partition
 from .propagators import BuiltinSteps, coarse_intervals
 from .spec import NetworkSpec
+from .warm import WarmStart
 
 
 @dataclass
@@ -143,24 +144,35 @@ class LayerSolves:
         return range(self.layer_bounds[rank], self.layer_bounds[rank + 1])
 
     def forward_solve(
-        self, solver: MGRIT, x0: torch.Tensor, weights: dict, warm: list | None = None, record: bool = True
+        self, solver: MGRIT, x0: torch.Tensor, weights: dict, warm: WarmStart | None = None, record: bool = True
     ) -> tuple[Any, SolveResult]:
         """Propagate ``x0`` through the layers with ``solver``: the problem and the result.
 
-        With ``record``, the problem keeps what the gradient needs.
+        With ``record``, the problem keeps what the gradient needs. A ``warm``
+        entry starts the solve from its forward states and takes the new ones.
         """
         problem = self.steps.forward_problem(x0, weights, record)
-        return problem, solver.solve(initial_guess=warm, problem=problem)
+        if warm is None:
+            return problem, solver.solve(problem=problem)
+        result = solver.solve(warm.forward, problem=problem, coarse_rhs=warm.forward_rhs, keep_coarse_rhs=True)
+        warm.forward, warm.forward_rhs = solver.restart_states(result), result.coarse_rhs
+        return problem, result
 
     def adjoint_solve(
-        self, solver: MGRIT, forward: Any, grad_final: torch.Tensor, warm: list | None = None
+        self, solver: MGRIT, forward: Any, grad_final: torch.Tensor, warm: WarmStart | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], SolveResult]:
         """Propagate ``grad_final`` back through ``forward``'s layers.
 
-        Returns ``lambda_0`` (on every rank), the owned layers' parameter gradients and the result.
+        Returns ``lambda_0`` (on every rank), the owned layers' parameter
+        gradients and the result. A ``warm`` entry starts the solve from its
+        adjoint states and takes the new ones.
         """
         adjoint = self.steps.adjoint_problem(grad_final.detach().contiguous(), forward, solver.hierarchy.n_levels == 1)
-        result = solver.solve(initial_guess=warm, problem=adjoint)
+        if warm is None:
+            result = solver.solve(problem=adjoint)
+        else:
+            result = solver.solve(warm.adjoint, problem=adjoint, coarse_rhs=warm.adjoint_rhs, keep_coarse_rhs=True)
+            warm.adjoint, warm.adjoint_rhs = solver.restart_states(result), result.coarse_rhs
         lam0 = self.broadcast(result.states[-1] if self.backend.rank == 0 else None, grad_final, 0)
         grads = [g for n in self.owned_layers for g in adjoint.parameter_grads(n)]
         return lam0, grads, result
@@ -226,9 +238,7 @@ class LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x0, solves: LayerSolves, weights: dict, warm: Any, record: bool, *params):
-        problem, result = solves.forward_solve(solves.forward, x0.detach(), weights, None if warm is None else warm.forward, record)
-        if warm is not None:
-            warm.forward = solves.forward.restart_states(result)
+        problem, result = solves.forward_solve(solves.forward, x0.detach(), weights, warm, record)
         solves.stats.forward = _summary(result)
         ctx.solves, ctx.problem, ctx.warm = solves, problem, warm
         return solves.final_state(result, x0)
@@ -236,9 +246,7 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_final):
         solves, problem, warm = ctx.solves, ctx.problem, ctx.warm
-        lam0, grads, result = solves.adjoint_solve(solves.adjoint, problem, grad_final, None if warm is None else warm.adjoint)
-        if warm is not None:
-            warm.adjoint = solves.adjoint.restart_states(result)
+        lam0, grads, result = solves.adjoint_solve(solves.adjoint, problem, grad_final, warm)
         solves.stats.adjoint = _summary(result)
         if solves.track_grad_error:
             terms = solves.grad_error(problem, grad_final, lam0, grads)

@@ -29,7 +29,7 @@ from .layers import stage_seed
 from .parallel import LayerParallel, check_input_everywhere
 from .stages import Stage, StagedNetwork, check_stages, network_dtype, replicate
 from .user import default_device
-from .warm import fingerprint
+from .warm import TRAJECTORIES, fingerprint
 
 #: The keywords of :class:`LayerParallel` that :class:`StagedParallel` passes to every stage (the solver's options).
 _NOT_SOLVER = {"self", "spec", "block", "depth", "t_final", "opening", "closing", "ends", "input_shape", "device", "comm", "seed"}
@@ -262,7 +262,7 @@ class StagedParallel(StagedNetwork):
         return sum(stage.warm_start_bytes() for stage in self.stages)
 
     def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
-        """Collective: every key's warm-start states, ``{"fingerprint": ..., "stages": [{"forward": ..., "adjoint": ...}, ...]}``.
+        """Collective: every key's warm-start states, ``{"fingerprint": ..., "stages": [{"forward": ..., "adjoint": ..., ...}, ...]}``.
 
         Whole trajectories per stage (CPU), independent of the rank count, as :meth:`LayerParallel.warm_state_dict`.
         """
@@ -271,7 +271,7 @@ class StagedParallel(StagedNetwork):
         return {
             k: {
                 "fingerprint": parts[0][k]["fingerprint"],
-                "stages": [{"forward": p[k]["forward"], "adjoint": p[k]["adjoint"]} for p in parts],
+                "stages": [{name: p[k][name] for name, _ in TRAJECTORIES} for p in parts],
             }
             for k in keys
         }

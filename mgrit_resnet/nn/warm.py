@@ -1,8 +1,9 @@
 """Warm starts of a layer-parallel network: the states a batch's last call left, named by the batch, and their gathering.
 
 One entry per batch key holds the forward and adjoint states this rank owns
-(only the points a warm start reads, :meth:`~mgrit_resnet.MGRIT.restart_states`)
-and the :func:`fingerprint` of the batch they belong to. Gathered, the
+(only the points a warm start reads, :meth:`~mgrit_resnet.MGRIT.restart_states`),
+the coarse right-hand sides of a ``skip_first_down`` solver
+(``SolveResult.coarse_rhs``) and the :func:`fingerprint` of the batch they belong to. Gathered, the
 entries are whole trajectories, independent of the rank count.
 """
 
@@ -23,6 +24,8 @@ class WarmStart:
     fingerprint: tuple
     forward: list | None = None
     adjoint: list | None = None
+    forward_rhs: list | None = None
+    adjoint_rhs: list | None = None
 
 
 def fingerprint(x: torch.Tensor) -> tuple:
@@ -34,34 +37,65 @@ def fingerprint(x: torch.Tensor) -> tuple:
 def warm_bytes(entries: dict[Hashable, WarmStart]) -> int:
     """Bytes of the states in ``entries`` (forward and adjoint, every key)."""
     return sum(
-        s.numel() * s.element_size() for w in entries.values() for states in (w.forward, w.adjoint) for s in states or () if s is not None
+        s.numel() * s.element_size()
+        for w in entries.values()
+        for states in (w.forward, w.adjoint, w.forward_rhs, w.adjoint_rhs)
+        for s in states or ()
+        if s is not None
     )
 
 
+#: The trajectories of an entry, and whether each lies on the forward (``True``) or the adjoint grid.
+TRAJECTORIES = (("forward", True), ("adjoint", False), ("forward_rhs", True), ("adjoint_rhs", False))
+
+
 def gather_trajectories(backend: Any, entries: dict[Hashable, WarmStart], fwd_start: int, adj_start: int, points: int) -> dict:
-    """Collective: every key's whole forward and adjoint trajectories of ``points`` states (CPU), on every rank.
+    """Collective: every key's whole trajectories of ``points`` states (CPU), on every rank.
 
     ``fwd_start`` and ``adj_start`` are the first points this rank owns on
-    the forward and the adjoint grids. A trajectory holds ``None`` at the
+    the forward and the adjoint grids. An entry holds the ``forward`` and
+    ``adjoint`` states and the ``forward_rhs`` and ``adjoint_rhs`` coarse
+    right-hand sides (see :class:`WarmStart`). A trajectory holds ``None`` at the
     points a warm start does not read; one that no call has left is ``None``.
     """
-
-    def host(states):
-        return None if states is None else [None if s is None else s.detach().cpu() for s in states]
-
-    local = {key: (w.fingerprint, fwd_start, host(w.forward), adj_start, host(w.adjoint)) for key, w in entries.items()}
+    local = {
+        key: (w.fingerprint, fwd_start, adj_start, [_pack(getattr(w, name)) for name, _ in TRAJECTORIES]) for key, w in entries.items()
+    }
     merged: dict[Hashable, dict[str, Any]] = {}
     for part in backend.allgather(local):
-        for key, (fp, fs, fwd, as_, adj) in part.items():
-            entry = merged.setdefault(key, {"fingerprint": fp, "forward": {}, "adjoint": {}})
-            for name, start, states in (("forward", fs, fwd), ("adjoint", as_, adj)):
-                if states is not None:
-                    entry[name].update((start + i, s) for i, s in enumerate(states))
+        for key, (fp, fs, as_, packs) in part.items():
+            entry = merged.setdefault(key, {"fingerprint": fp, **{name: {} for name, _ in TRAJECTORIES}})
+            for (name, on_forward), packed in zip(TRAJECTORIES, packs):
+                if packed is not None:
+                    start = fs if on_forward else as_
+                    entry[name].update((start + i, s) for i, s in _unpack(packed))
     for entry in merged.values():
-        for name in ("forward", "adjoint"):
+        for name, _ in TRAJECTORIES:
             got = entry[name]
             entry[name] = [got[i] for i in range(points)] if len(got) == points else None
     return merged
+
+
+def _pack(states: list | None) -> tuple[int, list[int], torch.Tensor | None] | None:
+    """A rank's states as one host tensor and the indices of the points it holds.
+
+    Pickled one by one, thousands of small tensors cost far more than their
+    bytes (a one-shot checkpoint of 100 batches spent half a second on it);
+    stacked, a key's states cross as one buffer.
+    """
+    if states is None:
+        return None
+    held = [i for i, s in enumerate(states) if s is not None]
+    return len(states), held, torch.stack([states[i].detach() for i in held]).cpu() if held else None
+
+
+def _unpack(packed: tuple[int, list[int], torch.Tensor | None]) -> list[tuple[int, torch.Tensor | None]]:
+    """The ``(index, state)`` pairs of :func:`_pack`'s list, ``None`` where it held none."""
+    length, held, stacked = packed
+    states: list[torch.Tensor | None] = [None] * length
+    for i, s in zip(held, stacked.unbind(0) if stacked is not None else ()):
+        states[i] = s
+    return list(enumerate(states))
 
 
 def split_trajectories(states: dict[Hashable, dict[str, Any]], fwd: range, adj: range, device: torch.device) -> dict[Hashable, WarmStart]:
@@ -71,6 +105,8 @@ def split_trajectories(states: dict[Hashable, dict[str, Any]], fwd: range, adj: 
         return None if trajectory is None else [None if trajectory[i] is None else trajectory[i].to(device) for i in block]
 
     return {
-        key: WarmStart(tuple(entry["fingerprint"]), mine(entry["forward"], fwd), mine(entry["adjoint"], adj))
+        key: WarmStart(
+            tuple(entry["fingerprint"]), **{name: mine(entry.get(name), fwd if on_forward else adj) for name, on_forward in TRAJECTORIES}
+        )
         for key, entry in states.items()
     }

@@ -160,6 +160,27 @@ for _ in range(3):
     errors.append(par.stats.grad_error)
 report["warm_as_is"] = errors
 
+# One coarse pass per solve with a warm start: the pass takes the FAS right-hand side the batch's last call left
+# (parareal's lagged correction), so the calls on one batch converge; the plain pass would repeat the first error.
+spec_lag = dense(depth=37)
+lagged = []
+for warm in (True, False):
+    par = LayerParallel(
+        spec_lag, comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=1, bwd_iters=1,
+        warm_start=warm, track_grad_error=True, coarse_weights="mean",
+    )  # fmt: skip
+    errors = []
+    for call in range(4):
+        torch.nn.functional.cross_entropy(par(x, key="a"), y).backward()
+        errors.append(par.stats.grad_error)
+        if warm and call == 1:  # a round trip through the gathered warm starts changes nothing
+            saved = par.warm_state_dict()
+            rhs_points = [i for i, s in enumerate(saved["a"]["forward_rhs"]) if s is not None]
+            par.load_warm_state_dict(saved)
+    lagged.append(errors)
+kept_states = sum(s is not None for s in saved["a"]["forward"])
+report["lagged_pass"] = {"warm": lagged[0], "cold": lagged[1], "rhs_points": rhs_points, "forward_states": kept_states}
+
 # Two calls before one backward: each call's solves keep what its own backward needs (the solvers reuse their channels).
 spec = dense(depth=13)
 x1, y = batch(spec, seed=3)
