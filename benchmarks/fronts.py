@@ -44,7 +44,7 @@ import layer_parallel  # noqa: E402
 #: The project's settings: label -> (hierarchy options of layer_parallel.py, iteration settings).
 SETTINGS = {
     "3 levels, m = 4, F/FCF": (["--levels", "3", "--coarsening", "4", "--relax", "F,FCF"], "1/1,2/1,2/2,3/3"),
-    "2 levels, m = 8, F, mean": (["--levels", "2", "--coarsening", "8", "--relax", "F", "--coarse-weights", "mean"], "1/1,2/2"),
+    "2 levels, m = 8, F, mean": (["--levels", "2", "--coarsening", "8", "--relax", "F", "--coarse-weights", "mean"], "1/1,2/2,3/3"),
     "one coarse pass, 2 levels, m = 16, mean": (
         ["--levels", "2", "--coarsening", "16", "--relax", "F", "--skip-first-down", "--coarse-weights", "mean"],
         "1/1",
