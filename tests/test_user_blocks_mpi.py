@@ -70,3 +70,11 @@ def test_mean_coarse_blocks_make_the_coarse_pass_more_accurate(reports, n):
     # conv-act-conv: the mean of the blocks is not the sum of their steps to first order (products of weights), but it is closer
     assert errors["mean"] < 0.8 * errors["first"]
     assert errors["mean"] == pytest.approx(reports[1]["coarse_weights"]["mean"], rel=1e-8), "the same at every rank count"
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_one_coarse_pass_on_user_blocks_converges_over_calls_with_a_warm_start(reports, n):
+    errors = reports[n]["lagged_pass"]
+    assert errors[0] == pytest.approx(reports[n]["coarse_weights"]["mean"], rel=1e-10), "the first call has no right-hand side yet"
+    assert errors[1] < 0.2 * errors[0] and errors[2] < 0.2 * errors[1], "each call corrects the last one's coarse error"
+    assert errors == pytest.approx(reports[1]["lagged_pass"], rel=1e-6), "the same iterates at every rank count"

@@ -137,6 +137,17 @@ for weights in ("first", "mean"):
     coarse[weights] = par.stats.grad_error
 report["coarse_weights"] = coarse
 
+# The same pass warm-started: each call on the batch takes the last one's coarse right-hand side (a parareal iteration).
+par = network(
+    "conv", 13, comm, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=1, bwd_iters=1,
+    track_grad_error=True, coarse_weights="mean", warm_start=True,
+)  # fmt: skip
+lagged = []
+for _ in range(3):
+    torch.nn.functional.cross_entropy(par(x, key=0), y).backward()
+    lagged.append(par.stats.grad_error)
+report["lagged_pass"] = lagged
+
 
 # Construction checks: a bad block on the last rank's last layer is an error on every rank.
 def bad_block(kind, depth=11):
