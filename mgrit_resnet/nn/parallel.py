@@ -437,22 +437,25 @@ class LayerParallel(nn.Module):
         """Bytes of the warm-start states this rank holds (forward and adjoint, every key)."""
         return warm_bytes(self._warm)
 
-    def warm_state_dict(self) -> dict[Hashable, dict[str, Any]]:
+    def warm_state_dict(self, packed: bool = False) -> dict[Hashable, dict[str, Any]]:
         """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
 
         A trajectory holds ``None`` at the points a warm start does not read
-        (see :meth:`MGRIT.restart_states`).
+        (see :meth:`MGRIT.restart_states`). With ``packed``, each trajectory
+        is a few stacked tensors instead of a list of states (see
+        :func:`~mgrit_resnet.nn.warm.gather_trajectories`): much faster to
+        check and to save, which is how a checkpoint stores them.
 
         Independent of the rank count; :meth:`load_warm_state_dict` takes them
         back at any rank count, so a resumed one-shot run continues exactly.
         """
         solves = self._solves
         return gather_trajectories(
-            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1
+            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1, packed
         )
 
     def load_warm_state_dict(self, states: dict[Hashable, dict[str, Any]]) -> None:
-        """Take this rank's part of :meth:`warm_state_dict` (replaces the current warm starts)."""
+        """Take this rank's part of :meth:`warm_state_dict`, packed or not (replaces the current warm starts)."""
         self._warm = split_trajectories(states, self._solves.forward.owned_points, self._solves.adjoint.owned_points, self.device)
 
     def extra_repr(self) -> str:

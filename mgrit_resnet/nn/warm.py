@@ -49,7 +49,9 @@ def warm_bytes(entries: dict[Hashable, WarmStart]) -> int:
 TRAJECTORIES = (("forward", True), ("adjoint", False), ("forward_rhs", True), ("adjoint_rhs", False))
 
 
-def gather_trajectories(backend: Any, entries: dict[Hashable, WarmStart], fwd_start: int, adj_start: int, points: int) -> dict:
+def gather_trajectories(
+    backend: Any, entries: dict[Hashable, WarmStart], fwd_start: int, adj_start: int, points: int, packed: bool = False
+) -> dict:
     """Collective: every key's whole trajectories of ``points`` states (CPU), on every rank.
 
     ``fwd_start`` and ``adj_start`` are the first points this rank owns on
@@ -57,6 +59,12 @@ def gather_trajectories(backend: Any, entries: dict[Hashable, WarmStart], fwd_st
     ``adjoint`` states and the ``forward_rhs`` and ``adjoint_rhs`` coarse
     right-hand sides (see :class:`WarmStart`). A trajectory holds ``None`` at the
     points a warm start does not read; one that no call has left is ``None``.
+
+    With ``packed`` a trajectory is instead ``{"length": points, "segments":
+    [[indices, states], ...]}``, one segment per rank that holds states (its
+    point indices and its states stacked into one tensor): the form a
+    checkpoint stores, a few tensors per key instead of one per point, which
+    :func:`split_trajectories` takes as well.
     """
     local = {
         key: (w.fingerprint, fwd_start, adj_start, [_pack(getattr(w, name)) for name, _ in TRAJECTORIES]) for key, w in entries.items()
@@ -64,16 +72,33 @@ def gather_trajectories(backend: Any, entries: dict[Hashable, WarmStart], fwd_st
     merged: dict[Hashable, dict[str, Any]] = {}
     for part in backend.allgather(local):
         for key, (fp, fs, as_, packs) in part.items():
-            entry = merged.setdefault(key, {"fingerprint": fp, **{name: {} for name, _ in TRAJECTORIES}})
-            for (name, on_forward), packed in zip(TRAJECTORIES, packs):
-                if packed is not None:
+            entry = merged.setdefault(key, {"fingerprint": fp, **{name: [] for name, _ in TRAJECTORIES}})
+            for (name, on_forward), pack in zip(TRAJECTORIES, packs):
+                if pack is not None:
                     start = fs if on_forward else as_
-                    entry[name].update((start + i, s) for i, s in _unpack(packed))
+                    length, held, stacked = pack
+                    entry[name].append((start, length, [start + i for i in held], stacked))
     for entry in merged.values():
         for name, _ in TRAJECTORIES:
-            got = entry[name]
-            entry[name] = [got[i] for i in range(points)] if len(got) == points else None
+            parts = entry[name]
+            if sum(length for _, length, _, _ in parts) != points:
+                entry[name] = None
+            elif packed:
+                entry[name] = {"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]}
+            else:
+                entry[name] = unpack_trajectory({"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]})
     return merged
+
+
+def unpack_trajectory(trajectory: dict[str, Any] | list | None) -> list | None:
+    """A packed trajectory of :func:`gather_trajectories` as a list of states (``None`` where none is held); a list as it is."""
+    if not isinstance(trajectory, dict):
+        return trajectory
+    states: list[torch.Tensor | None] = [None] * trajectory["length"]
+    for held, stacked in trajectory["segments"]:
+        for i, s in zip(held, stacked.unbind(0)):
+            states[i] = s
+    return states
 
 
 def _pack(states: list | None) -> tuple[int, list[int], torch.Tensor | None] | None:
@@ -89,20 +114,12 @@ def _pack(states: list | None) -> tuple[int, list[int], torch.Tensor | None] | N
     return len(states), held, torch.stack([states[i].detach() for i in held]).cpu() if held else None
 
 
-def _unpack(packed: tuple[int, list[int], torch.Tensor | None]) -> list[tuple[int, torch.Tensor | None]]:
-    """The ``(index, state)`` pairs of :func:`_pack`'s list, ``None`` where it held none."""
-    length, held, stacked = packed
-    states: list[torch.Tensor | None] = [None] * length
-    for i, s in zip(held, stacked.unbind(0) if stacked is not None else ()):
-        states[i] = s
-    return list(enumerate(states))
-
-
 def split_trajectories(states: dict[Hashable, dict[str, Any]], fwd: range, adj: range, device: torch.device) -> dict[Hashable, WarmStart]:
-    """This rank's entries of :func:`gather_trajectories`' result: the points ``fwd`` and ``adj`` it owns, on ``device``."""
+    """This rank's entries of :func:`gather_trajectories`' result (packed or not): the points ``fwd`` and ``adj`` it owns, on ``device``."""
 
     def mine(trajectory, block):
-        return None if trajectory is None else [None if trajectory[i] is None else trajectory[i].to(device) for i in block]
+        trajectory = unpack_trajectory(trajectory)  # copies: no state keeps a whole gathered stack alive
+        return None if trajectory is None else [None if trajectory[i] is None else trajectory[i].to(device, copy=True) for i in block]
 
     return {
         key: WarmStart(
