@@ -78,7 +78,8 @@ def test_layer_parallel_benchmark_runs_at_one_and_two_ranks(tmp_path):
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
-    assert "2-rank speedup" in proc.stdout and set(figures) >= {"runs", "targets", "best_speedup"}
+    assert "2-rank speedup" in proc.stdout and set(figures) >= {"runs", "targets", "best_speedup", "serial_alone"}
+    assert figures["serial_alone"]["time"] > 0 and "serial check: the serial step in a plain process of its own" in proc.stdout
 
 
 @pytest.mark.mpi
