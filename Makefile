@@ -44,7 +44,7 @@ $(VENV)/.petsc: $(VENV)/.installed
 
 # The main job: Peaks trained layer-parallel (one-shot MGRIT, 2 ranks) and layer-serial, side by side.
 demo: setup
-	@echo "machine before the runs: $$(nproc) cores, load average $$(cut -d' ' -f1-3 /proc/loadavg) (a load near the core count slows the 2-rank run most)"
+	@echo "machine before the runs: $$(getconf _NPROCESSORS_ONLN) cores, $$OMP_NUM_THREADS thread(s) per process, load average $$(cut -d' ' -f1-3 /proc/loadavg) (a load near the core count slows the 2-rank run most)"
 	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet train examples/peaks.toml --out runs/peaks-one-shot
 	$(BIN)/mgrit-resnet train examples/peaks.toml --set train.strategy=serial --out runs/peaks-serial
 	$(BIN)/python examples/compare_runs.py runs/peaks-serial runs/peaks-one-shot
