@@ -110,6 +110,36 @@ def test_resume_continues_exactly_and_checkpoints_move_between_rank_counts(tmp_p
         assert summary["ranks"] == n and summary["val_accuracy"] == expected
 
 
+LAGGED_PASS = ["mgrit.levels=2", "mgrit.coarsening=4", "mgrit.relax=F", "mgrit.skip_first_down=true", "network.coarse_weights=mean"]
+
+
+@pytest.mark.mpi
+def test_the_lagged_coarse_pass_resumes_exactly_and_at_another_rank_count(tmp_path):
+    # The warm starts of a one-shot run with one coarse pass are the coarse right-hand sides: the checkpoint carries
+    # them, so a resumed run continues as if never stopped (bitwise at the same rank count, to rounding at another).
+    train(2, tmp_path / "full", *LAGGED_PASS, "train.epochs=3")
+    train(2, tmp_path / "same", *LAGGED_PASS, "train.epochs=2")
+    train(2, tmp_path / "same", *LAGGED_PASS, "train.epochs=3", resume=True)
+    train(2, tmp_path / "other", *LAGGED_PASS, "train.epochs=2")
+    train(3, tmp_path / "other", *LAGGED_PASS, "train.epochs=3", resume=True)
+    full = metrics(tmp_path / "full")
+    assert without_times(metrics(tmp_path / "same")) == without_times(full)
+    other = metrics(tmp_path / "other")
+    for a, b in zip(full, other, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["val_accuracy"] == b["val_accuracy"]
+        assert a["fwd_residual"] == pytest.approx(b["fwd_residual"], rel=1e-6)
+    # Without the right-hand sides the resumed epoch would start from plain coarse passes: a different run.
+    cold = tmp_path / "cold"
+    train(2, cold, *LAGGED_PASS, "train.epochs=2")
+    checkpoint = torch.load(cold / "checkpoint.pt", weights_only=False)
+    for entry in checkpoint["warm_start"].values():
+        assert entry["forward_rhs"] is not None and entry["adjoint_rhs"] is not None
+        entry["forward_rhs"] = entry["adjoint_rhs"] = None
+    torch.save(checkpoint, cold / "checkpoint.pt")
+    train(2, cold, *LAGGED_PASS, "train.epochs=3", resume=True)
+    assert metrics(cold)[2]["fwd_residual"] != pytest.approx(full[2]["fwd_residual"], rel=1e-6)
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("strategy", ["exact", "serial"])
 def test_data_times_layer_parallel_gives_the_same_gradient(tmp_path, strategy):
