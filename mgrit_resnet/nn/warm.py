@@ -81,12 +81,9 @@ def gather_trajectories(
     for entry in merged.values():
         for name, _ in TRAJECTORIES:
             parts = entry[name]
-            if sum(length for _, length, _, _ in parts) != points:
-                entry[name] = None
-            elif packed:
-                entry[name] = {"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]}
-            else:
-                entry[name] = unpack_trajectory({"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]})
+            trajectory = {"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]}
+            complete = sum(length for _, length, _, _ in parts) == points
+            entry[name] = None if not complete else trajectory if packed else unpack_trajectory(trajectory)
     return merged
 
 
