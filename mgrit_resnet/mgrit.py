@@ -178,6 +178,7 @@ class MGRIT:
         self._active: Problem | None = None  # the problem of the solve under way
         self._levels: list[_Level] = []
         self._levels_key: tuple | None = None
+        self._chain_rhs: list | None = None  # see _coarse_rhs
 
     @classmethod
     def from_config(cls, problem: Problem | None, mgrit: Any, comm: Any = None, **overrides: Any) -> MGRIT:
@@ -322,11 +323,14 @@ class MGRIT:
         iteration = 0
         phi = None
         skip_relax = warm and not self.relax_warm_start
+        self._chain_rhs = None
         if self.skip_first_down and self.max_iter > 0:
             if coarse_rhs is not None and self.uses_coarse_rhs:
                 self._lagged_coarse_pass(fine, coarse_rhs)
+                self._chain_rhs = list(coarse_rhs)
             else:
                 self._coarse_pass()
+                self._chain_rhs = [None] * len(fine.own) if len(self._levels) == 2 else None
             iteration, skip_relax = 1, False  # the pass moved the C-points: the F-points must follow
         sequential = len(self._levels) == 1 and self.max_iter > 0
         if sequential:
@@ -353,6 +357,7 @@ class MGRIT:
             if converged or iteration >= self.max_iter:
                 break
             iteration += 1
+            self._chain_rhs = None  # the cycle moves the C-points off the first coarse level's chain
             if len(self._levels) == 1:
                 self._solve_coarsest(fine)
             else:
@@ -465,12 +470,29 @@ class MGRIT:
         self._correct(fine, coarse)
 
     def _coarse_rhs(self, fine: _Level, phi: list | None) -> list | None:
-        """The first coarse level's FAS right-hand side at the final fine states, on fine point indices."""
+        """The first coarse level's FAS right-hand side at the final fine states, on fine point indices.
+
+        When the fine C-points are still the first coarse level's sequential
+        solve ``U_c = Phi_1(U_{c-1}) + g_c`` (one pass, no cycle after it),
+        ``Phi_1(U_{c-1}) = U_c - g_c`` is known: the new right-hand side is
+        ``g_c + Phi(u_{c-1}) - U_c``, the old one plus the fine residual, and
+        no coarse step is made again (the restriction would redo them all).
+        """
         if phi is None:
             return None
-        coarse, a, m = self._levels[1], fine.own.start, fine.m
+        a, m = fine.own.start, fine.m
+        if self._chain_rhs is not None:
+            rhs: list[Any] = [None] * len(fine.own)
+            for jc, value in zip(fine.c_own, phi):
+                if value is not None:
+                    c = jc * m
+                    residual = self._plus_g(fine, value, c) - fine.u[c - a]
+                    old = self._chain_rhs[c - a]
+                    rhs[c - a] = residual if old is None else old + residual
+            return rhs
+        coarse = self._levels[1]
         self._restrict(fine, coarse, phi)
-        rhs: list[Any] = [None] * len(fine.own)
+        rhs = [None] * len(fine.own)
         for j, g in zip(coarse.own, coarse.g):
             if g is not None:
                 target, injected = g

@@ -106,7 +106,7 @@ def test_one_coarse_pass_with_a_lagged_right_hand_side_is_parareal_with_the_last
         for i in range(c - 4, c):
             fine = old.step(fine, i, i + 1, 0)
         assert first.coarse_rhs[c] == pytest.approx(fine - old.step(v, c - 4, c, 1), rel=1e-12)
-    second = mr.MGRIT(new, **options).solve([None] * 49, coarse_rhs=first.coarse_rhs)
+    second = mr.MGRIT(new, **options).solve([None] * 49, coarse_rhs=first.coarse_rhs, keep_coarse_rhs=True)
     expected = [new.initial_value()]
     for c in range(4, 49, 4):
         expected.append(new.step(expected[-1], c - 4, c, 1) + first.coarse_rhs[c])
@@ -114,6 +114,10 @@ def test_one_coarse_pass_with_a_lagged_right_hand_side_is_parareal_with_the_last
     for i in range(49):  # the F-points follow the new C-points
         if i % 4:
             assert second.states[i] == pytest.approx(new.step(second.states[i - 1], i - 1, i, 0), rel=1e-13)
+    for c in range(4, 49, 4):  # its own right-hand side, taken from the chain without a coarse step: the same numbers
+        v = second.states[c - 4]
+        assert second.coarse_rhs[c] == pytest.approx(new.step(second.states[c - 1], c - 1, c, 0) - new.step(v, c - 4, c, 1), rel=1e-12)
+    assert second.steps_per_rank == [12 + 36 + 12], "the chain's 12 coarse steps, 36 F-point steps and 12 probes: none redone"
 
 
 def test_a_lagged_coarse_pass_keeps_a_converged_warm_start_converged():
