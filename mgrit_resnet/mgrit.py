@@ -249,8 +249,9 @@ class MGRIT:
         keep_coarse_rhs
             Return in ``result.coarse_rhs`` the FAS right-hand side of the first
             coarse level at the final states (``g_c = Phi(u_{c-1}) - Phi_1(u_{c-1})``
-            at its C-points, ``None`` elsewhere; one coarse step per C-point) when
-            :attr:`uses_coarse_rhs`; ``None`` otherwise.
+            at its C-points, ``None`` elsewhere; free after a single pass, one
+            coarse step per C-point after a cycle) when :attr:`uses_coarse_rhs`;
+            ``None`` otherwise.
 
         Notes
         -----
