@@ -193,6 +193,12 @@ def worker_argv(args: argparse.Namespace, json_path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------- data
+def network_spec(args: argparse.Namespace) -> NetworkSpec:
+    """The conv network of the command line (one input channel)."""
+    return NetworkSpec(kind="conv", in_channels=1, image_size=args.image_size, width=args.width, depth=args.depth,
+                       n_classes=args.classes, activation=args.activation)  # fmt: skip
+
+
 def make_batches(args: argparse.Namespace, spec: NetworkSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Synthetic MNIST-sized data: per class a smooth random prototype image, plus noise (the same on every rank)."""
     generator = torch.Generator().manual_seed(1000 + args.seed)
@@ -403,8 +409,7 @@ def worker(args: argparse.Namespace) -> dict:
     """Measure every setting at this rank count; returns the figures (on every rank)."""
     torch.set_num_threads(1)
     w = _World()
-    spec = NetworkSpec(kind="conv", in_channels=1, image_size=args.image_size, width=args.width, depth=args.depth,
-                       n_classes=args.classes, activation=args.activation)  # fmt: skip
+    spec = network_spec(args)
     batches = make_batches(args, spec)
     machine = machine_check(spec, args.batch, w)
     results = []
@@ -450,8 +455,7 @@ def worker(args: argparse.Namespace) -> dict:
 def serial_alone(args: argparse.Namespace) -> dict:
     """The serial step timed in this process with nothing else built: the check on the reference of the workers."""
     torch.set_num_threads(1)
-    spec = NetworkSpec(kind="conv", in_channels=1, image_size=args.image_size, width=args.width, depth=args.depth,
-                       n_classes=args.classes, activation=args.activation)  # fmt: skip
+    spec = network_spec(args)
     batches = make_batches(args, spec)
     serial = ODEResNet(spec, seed=args.seed)
     optimizer = torch.optim.SGD(serial.parameters(), lr=args.lr)

@@ -178,7 +178,6 @@ class MGRIT:
         self._active: Problem | None = None  # the problem of the solve under way
         self._levels: list[_Level] = []
         self._levels_key: tuple | None = None
-        self._chain_rhs: list | None = None  # see _coarse_rhs
 
     @classmethod
     def from_config(cls, problem: Problem | None, mgrit: Any, comm: Any = None, **overrides: Any) -> MGRIT:
@@ -271,7 +270,7 @@ class MGRIT:
             fine = self._levels[0]
             self._set_initial_guess(fine, u0, initial_guess)
             residuals, initial_residual, iteration, converged, phi = self._iterate(fine, initial_guess is not None, callback, coarse_rhs)
-            rhs = self._coarse_rhs(fine, phi) if keep_coarse_rhs and self.uses_coarse_rhs else None
+            rhs = self._coarse_rhs(fine, phi, iteration, coarse_rhs) if keep_coarse_rhs and self.uses_coarse_rhs else None
         except BaseException:
             self._levels, self._levels_key = [], None  # a solve broken off may leave messages in flight: start afresh
             raise
@@ -324,14 +323,11 @@ class MGRIT:
         iteration = 0
         phi = None
         skip_relax = warm and not self.relax_warm_start
-        self._chain_rhs = None
         if self.skip_first_down and self.max_iter > 0:
             if coarse_rhs is not None and self.uses_coarse_rhs:
                 self._lagged_coarse_pass(fine, coarse_rhs)
-                self._chain_rhs = list(coarse_rhs)
             else:
                 self._coarse_pass()
-                self._chain_rhs = [None] * len(fine.own) if len(self._levels) == 2 else None
             iteration, skip_relax = 1, False  # the pass moved the C-points: the F-points must follow
         sequential = len(self._levels) == 1 and self.max_iter > 0
         if sequential:
@@ -358,7 +354,6 @@ class MGRIT:
             if converged or iteration >= self.max_iter:
                 break
             iteration += 1
-            self._chain_rhs = None  # the cycle moves the C-points off the first coarse level's chain
             if len(self._levels) == 1:
                 self._solve_coarsest(fine)
             else:
@@ -470,7 +465,7 @@ class MGRIT:
         self._solve_coarsest(coarse)
         self._correct(fine, coarse)
 
-    def _coarse_rhs(self, fine: _Level, phi: list | None) -> list | None:
+    def _coarse_rhs(self, fine: _Level, phi: list | None, iteration: int, earlier: Sequence[Any] | None) -> list | None:
         """The first coarse level's FAS right-hand side at the final fine states, on fine point indices.
 
         When the fine C-points are still the first coarse level's sequential
@@ -478,17 +473,20 @@ class MGRIT:
         ``Phi_1(U_{c-1}) = U_c - g_c`` is known: the new right-hand side is
         ``g_c + Phi(u_{c-1}) - U_c``, the old one plus the fine residual, and
         no coarse step is made again (the restriction would redo them all).
+        ``earlier`` is the right-hand side the pass took (``None``: a plain
+        pass, a chain only with two levels); a cycle after the pass
+        (``iteration > 1``) moves the C-points off the chain.
         """
         if phi is None:
             return None
         a, m = fine.own.start, fine.m
-        if self._chain_rhs is not None:
+        if iteration == 1 and (earlier is not None or len(self._levels) == 2):
             rhs: list[Any] = [None] * len(fine.own)
             for jc, value in zip(fine.c_own, phi):
                 if value is not None:
                     c = jc * m
                     residual = self._plus_g(fine, value, c) - fine.u[c - a]
-                    old = self._chain_rhs[c - a]
+                    old = None if earlier is None else earlier[c - a]
                     rhs[c - a] = residual if old is None else old + residual
             return rhs
         coarse = self._levels[1]

@@ -27,7 +27,7 @@ from .ops import ConvOps, DenseOps
 from .partition import foreign_layers, layer_partition
 from .propagators import BuiltinSteps, coarse_intervals
 from .spec import NetworkSpec
-from .warm import WarmStart
+from .warm import WarmStart, warm_solve
 
 
 @dataclass
@@ -152,11 +152,7 @@ class LayerSolves:
         entry starts the solve from its forward states and takes the new ones.
         """
         problem = self.steps.forward_problem(x0, weights, record)
-        if warm is None:
-            return problem, solver.solve(problem=problem)
-        result = solver.solve(warm.forward, problem=problem, coarse_rhs=warm.forward_rhs, keep_coarse_rhs=True)
-        warm.forward, warm.forward_rhs = solver.restart_states(result), result.coarse_rhs
-        return problem, result
+        return problem, warm_solve(solver, problem, warm, forward=True)
 
     def adjoint_solve(
         self, solver: MGRIT, forward: Any, grad_final: torch.Tensor, warm: WarmStart | None = None
@@ -168,11 +164,7 @@ class LayerSolves:
         adjoint states and takes the new ones.
         """
         adjoint = self.steps.adjoint_problem(grad_final.detach().contiguous(), forward, solver.hierarchy.n_levels == 1)
-        if warm is None:
-            result = solver.solve(problem=adjoint)
-        else:
-            result = solver.solve(warm.adjoint, problem=adjoint, coarse_rhs=warm.adjoint_rhs, keep_coarse_rhs=True)
-            warm.adjoint, warm.adjoint_rhs = solver.restart_states(result), result.coarse_rhs
+        result = warm_solve(solver, adjoint, warm, forward=False)
         lam0 = self.broadcast(result.states[-1] if self.backend.rank == 0 else None, grad_final, 0)
         grads = [g for n in self.owned_layers for g in adjoint.parameter_grads(n)]
         return lam0, grads, result

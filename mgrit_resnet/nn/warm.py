@@ -28,6 +28,17 @@ class WarmStart:
     adjoint_rhs: list | None = None
 
 
+def warm_solve(solver: Any, problem: Any, warm: WarmStart | None, forward: bool) -> Any:
+    """``solver.solve(problem=problem)`` started from ``warm``'s forward or adjoint entry, which takes the new one (``None``: cold)."""
+    if warm is None:
+        return solver.solve(problem=problem)
+    states, rhs = ("forward", "forward_rhs") if forward else ("adjoint", "adjoint_rhs")
+    result = solver.solve(getattr(warm, states), problem=problem, coarse_rhs=getattr(warm, rhs), keep_coarse_rhs=True)
+    setattr(warm, states, solver.restart_states(result))
+    setattr(warm, rhs, result.coarse_rhs)
+    return result
+
+
 def fingerprint(x: torch.Tensor) -> tuple:
     """What names one input batch bit for bit: its shape, dtype and a hash of its bytes (a warm start's check)."""
     host = x.detach().cpu().contiguous()
@@ -77,12 +88,12 @@ def gather_trajectories(
                 if pack is not None:
                     start = fs if on_forward else as_
                     length, held, stacked = pack
-                    entry[name].append((start, length, [start + i for i in held], stacked))
+                    entry[name].append((length, [start + i for i in held], stacked))
     for entry in merged.values():
         for name, _ in TRAJECTORIES:
             parts = entry[name]
-            trajectory = {"length": points, "segments": [[held, stacked] for _, _, held, stacked in parts if held]}
-            complete = sum(length for _, length, _, _ in parts) == points
+            trajectory = {"length": points, "segments": [[held, stacked] for _, held, stacked in parts if held]}
+            complete = sum(length for length, _, _ in parts) == points
             entry[name] = None if not complete else trajectory if packed else unpack_trajectory(trajectory)
     return merged
 
