@@ -106,5 +106,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "forward and adjoint sweep, :math:`2N` layer steps), which calibrate the estimate; more come after a change of the "
         "iterations and when the estimate drifts",
         "auto_max_iters": '``"auto"``: the most iterations one solve may take',
+        "checkpoint_every": "epochs (rows of the epoch plan) between two writes of ``checkpoint.pt``; the last is always "
+        "written. A one-shot checkpoint carries every batch's warm start, which on a large data set can cost as much to "
+        "gather and write as an epoch to train; a run stopped between two checkpoints resumes from the last one and trains "
+        "the epochs after it again, exactly as before (``metrics.jsonl`` holds the checkpoint's rows only)",
     },
 }

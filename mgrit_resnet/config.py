@@ -254,6 +254,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "grad_error_target": (0.01, _fraction),
         "grad_check_every": (20, _integer(1)),
         "auto_max_iters": (8, _integer(1)),
+        "checkpoint_every": (1, _integer(1)),
     },
 }
 

@@ -52,6 +52,7 @@ def test_train_writes_the_interface_outputs_and_plots(tmp_path, capsys):
         (["--set", "train.data_parallel=3"], "train.data_parallel must divide the number of ranks (1); got 3"),
         (["--resume"], "--resume needs --out DIR"),
         (["--set", "data.name=mnist"], "data.name must be one of"),
+        (["--set", "train.checkpoint_every=0"], "train.checkpoint_every must be an integer >= 1"),
     ],
 )
 def test_train_bad_input(options, message, capsys):
@@ -108,6 +109,40 @@ def test_resume_continues_exactly_and_checkpoints_move_between_rank_counts(tmp_p
         train(n, tmp_path / "full", "train.epochs=3", resume=True)
         summary = json.loads((tmp_path / "full" / "summary.json").read_text())
         assert summary["ranks"] == n and summary["val_accuracy"] == expected
+
+
+class Stopped(Exception):
+    """Stands for a job killed after an epoch's metrics, before its checkpoint."""
+
+
+def test_checkpoints_every_few_epochs_resume_exactly_from_the_last(tmp_path):
+    def run(out, epochs, every, stop_at=None, resume=False):
+        seen = []
+
+        def on_epoch(row):
+            path = out / "checkpoint.pt"
+            seen.append(torch.load(path, weights_only=False)["epoch"] if path.exists() else 0)
+            if row["epoch"] == stop_at:
+                raise Stopped
+
+        cfg = mr.load_config(TINY, overrides={"train.epochs": epochs, "train.checkpoint_every": every})
+        mr.training.train(cfg, out=out, resume=resume, on_epoch=on_epoch)
+        return seen
+
+    # Saved after epochs 2, 4 and the last, 5: on_epoch runs before the epoch's save.
+    assert run(tmp_path / "every", 5, 2) == [0, 0, 2, 2, 4]
+    assert torch.load(tmp_path / "every" / "checkpoint.pt", weights_only=False)["epoch"] == 5
+    run(tmp_path / "each", 5, 1)
+    assert without_times(metrics(tmp_path / "every")) == without_times(metrics(tmp_path / "each"))
+    # Stopped in epoch 4: the checkpoint and metrics.jsonl hold epoch 2; the resumed run trains 3 to 5 as the whole run did.
+    with pytest.raises(Stopped):
+        run(tmp_path / "stopped", 5, 2, stop_at=4)
+    assert [r["epoch"] for r in metrics(tmp_path / "stopped")] == [1, 2]
+    run(tmp_path / "stopped", 5, 2, resume=True)
+    assert without_times(metrics(tmp_path / "stopped")) == without_times(metrics(tmp_path / "each"))
+    first = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["model"]
+    whole = torch.load(tmp_path / "each" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(first[k], v) for k, v in whole.items())
 
 
 LAGGED_PASS = ["mgrit.levels=2", "mgrit.coarsening=4", "mgrit.relax=F", "mgrit.skip_first_down=true", "network.coarse_weights=mean"]

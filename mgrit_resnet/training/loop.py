@@ -2,7 +2,8 @@
 
 The strategies (:mod:`.registry`) train and evaluate; this loop walks their
 epoch plan and owns what is the same for all of them: resume, ``config.toml``,
-``metrics.jsonl``, ``checkpoint.pt`` after every epoch and ``summary.json``.
+``metrics.jsonl``, ``checkpoint.pt`` (every ``train.checkpoint_every`` epochs and after the last)
+and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def train(
         An mpi4py communicator, or ``None`` for one rank.
     out
         Output folder: ``metrics.jsonl``, ``summary.json``, ``config.toml`` and
-        ``checkpoint.pt`` (rewritten atomically after every epoch), written by rank 0.
+        ``checkpoint.pt`` (rewritten atomically after every ``train.checkpoint_every``
+        epochs and after the last), written by rank 0. ``metrics.jsonl`` holds the rows
+        of the epochs the checkpoint holds.
     resume
         Continue from ``out/checkpoint.pt`` exactly where it stopped (any rank count).
     on_step
@@ -126,9 +129,11 @@ def train(
 
     started = time.perf_counter() - elapsed
 
+    saved_rows = len(metrics)  # the rows the checkpoint on disk holds
+
     def diverged(row: int, step: int | None, loss: float | None) -> TrainingDiverged:
         run.close()
-        return TrainingDiverged(row + 1, step, loss, len(metrics) if out is not None else 0, None if out is None else str(out))
+        return TrainingDiverged(row + 1, step, loss, saved_rows if out is not None else 0, None if out is None else str(out))
 
     for row in range(len(metrics), len(run.plan)):
         epoch_start, bytes_before = time.perf_counter(), run.bytes_sent
@@ -155,9 +160,11 @@ def train(
         if on_epoch is not None:
             on_epoch(metric)
         # the same on every rank: no checkpoint, so none of its gathers
-        if out is not None and not save(out, run, cfg, metrics, time.perf_counter() - started):
-            metrics.pop()
-            raise diverged(row, step, None)
+        if out is not None and checkpoint_due(row, len(run.plan), cfg.train.checkpoint_every):
+            if not save(out, run, cfg, metrics, time.perf_counter() - started, saved_rows):
+                del metrics[saved_rows:]
+                raise diverged(row, step, None)
+            saved_rows = len(metrics)
 
     train_accuracy, val_accuracy, extra = run.final()
     summary = {
@@ -190,12 +197,18 @@ def non_finite_loss(metric: dict[str, Any]) -> float | None:
     return next((v for v in losses if v is not None and not math.isfinite(v)), None)
 
 
-def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall_time: float) -> bool:
-    """Collective: ``out/checkpoint.pt`` written atomically by rank 0, then the last metrics row appended to ``metrics.jsonl``.
+def checkpoint_due(row: int, rows: int, every: int) -> bool:
+    """Whether the epoch-plan row ``row`` (0-based, of ``rows``) ends with a checkpoint: every ``every`` rows, and the last."""
+    return (row + 1) % every == 0 or row + 1 == rows
+
+
+def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall_time: float, saved_rows: int) -> bool:
+    """Collective: ``out/checkpoint.pt`` written atomically by rank 0, then the rows it adds appended to ``metrics.jsonl``.
 
     A row is in ``metrics.jsonl`` only once the checkpoint that holds it is on
-    disk. Returns ``False`` on every rank, writing nothing, when a tensor of the
-    state is not finite: the last good checkpoint stays.
+    disk: the rows after the first ``saved_rows`` (those of the checkpoint
+    before). Returns ``False`` on every rank, writing
+    nothing, when a tensor of the state is not finite: the last good checkpoint stays.
     """
     state = run.state()
     finite = state is None or checkpoint.all_finite(state)
@@ -213,15 +226,15 @@ def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall
         }
         checkpoint.save_atomically(payload, out / "checkpoint.pt")
         written.append(True)
-        append_line(out / "metrics.jsonl", json.dumps(metrics[-1]))
+        append_line(out / "metrics.jsonl", "\n".join(json.dumps(m) for m in metrics[saved_rows:]))
 
     written: list[bool] = []
     epoch = len(metrics)
 
     def kept() -> str:
         if written:
-            return f"checkpoint.pt holds epoch {epoch}, metrics.jsonl ends before it: --resume restores the row from the checkpoint"
-        return f"the last checkpoint (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was kept"
+            return f"checkpoint.pt holds epoch {epoch}, metrics.jsonl ends before it: --resume restores the rows from the checkpoint"
+        return f"the last checkpoint (epoch {saved_rows}) is kept" if saved_rows else "no checkpoint was kept"
 
     written_by_rank0(run.groups, write, f"cannot save epoch {epoch} to {out}", kept)
     return True

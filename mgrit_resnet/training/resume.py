@@ -23,6 +23,7 @@ CHANGEABLE = (
     "train.grad_error_target",
     "train.grad_check_every",
     "train.auto_max_iters",
+    "train.checkpoint_every",
     "train.data_parallel",
     "network.device",
     "mgrit.*",
