@@ -437,8 +437,8 @@ class LayerParallel(nn.Module):
         """Bytes of the warm-start states this rank holds (forward and adjoint, every key)."""
         return warm_bytes(self._warm)
 
-    def warm_state_dict(self, packed: bool = False) -> dict[Hashable, dict[str, Any]]:
-        """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
+    def warm_state_dict(self, packed: bool = False, root_only: bool = False) -> dict[Hashable, dict[str, Any]] | None:
+        """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank (``root_only``: rank 0; ``None`` elsewhere).
 
         A trajectory holds ``None`` at the points a warm start does not read
         (see :meth:`MGRIT.restart_states`). With ``packed``, each trajectory
@@ -451,7 +451,7 @@ class LayerParallel(nn.Module):
         """
         solves = self._solves
         return gather_trajectories(
-            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1, packed
+            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1, packed, root_only
         )
 
     def load_warm_state_dict(self, states: dict[Hashable, dict[str, Any]]) -> None:

@@ -261,13 +261,15 @@ class StagedParallel(StagedNetwork):
         """Bytes of the warm-start states this rank holds (every stage, forward and adjoint, every key)."""
         return sum(stage.warm_start_bytes() for stage in self.stages)
 
-    def warm_state_dict(self, packed: bool = False) -> dict[Hashable, dict[str, Any]]:
+    def warm_state_dict(self, packed: bool = False, root_only: bool = False) -> dict[Hashable, dict[str, Any]] | None:
         """Collective: every key's warm-start states, ``{"fingerprint": ..., "stages": [{"forward": ..., "adjoint": ..., ...}, ...]}``.
 
         Whole trajectories per stage (CPU), independent of the rank count, as
-        :meth:`LayerParallel.warm_state_dict` (``packed`` as there).
+        :meth:`LayerParallel.warm_state_dict` (``packed`` and ``root_only`` as there).
         """
-        parts = [stage.warm_state_dict(packed) for stage in self.stages]
+        parts = [stage.warm_state_dict(packed, root_only) for stage in self.stages]
+        if parts[0] is None:
+            return None
         keys = [k for k in parts[0] if all(k in p for p in parts)]
         return {
             k: {

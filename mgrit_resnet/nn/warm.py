@@ -61,9 +61,15 @@ TRAJECTORIES = (("forward", True), ("adjoint", False), ("forward_rhs", True), ("
 
 
 def gather_trajectories(
-    backend: Any, entries: dict[Hashable, WarmStart], fwd_start: int, adj_start: int, points: int, packed: bool = False
-) -> dict:
-    """Collective: every key's whole trajectories of ``points`` states (CPU), on every rank.
+    backend: Any,
+    entries: dict[Hashable, WarmStart],
+    fwd_start: int,
+    adj_start: int,
+    points: int,
+    packed: bool = False,
+    root_only: bool = False,
+) -> dict | None:
+    """Collective: every key's whole trajectories of ``points`` states (CPU), on every rank (``root_only``: on rank 0, ``None`` elsewhere).
 
     ``fwd_start`` and ``adj_start`` are the first points this rank owns on
     the forward and the adjoint grids. An entry holds the ``forward`` and
@@ -75,13 +81,17 @@ def gather_trajectories(
     [[indices, states], ...]}``, one segment per rank that holds states (its
     point indices and its states stacked into one tensor): the form a
     checkpoint stores, a few tensors per key instead of one per point, which
-    :func:`split_trajectories` takes as well.
+    :func:`split_trajectories` takes as well. A checkpoint needs them on the
+    rank that writes it only: ``root_only`` spares the others receiving them.
     """
     local = {
         key: (w.fingerprint, fwd_start, adj_start, [_pack(getattr(w, name)) for name, _ in TRAJECTORIES]) for key, w in entries.items()
     }
+    parts = backend.gather(local) if root_only else backend.allgather(local)
+    if parts is None:
+        return None
     merged: dict[Hashable, dict[str, Any]] = {}
-    for part in backend.allgather(local):
+    for part in parts:
         for key, (fp, fs, as_, packs) in part.items():
             entry = merged.setdefault(key, {"fingerprint": fp, **{name: [] for name, _ in TRAJECTORIES}})
             for (name, on_forward), pack in zip(TRAJECTORIES, packs):

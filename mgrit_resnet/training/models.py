@@ -165,8 +165,8 @@ class TrainModel:
         else:
             self.module.load_state_dict(state)
 
-    def warm_state_dict(self, packed: bool = False) -> dict | None:
-        return self.module.warm_state_dict(packed) if self.strategy == "one_shot" else None
+    def warm_state_dict(self, packed: bool = False, root_only: bool = False) -> dict | None:
+        return self.module.warm_state_dict(packed, root_only) if self.strategy == "one_shot" else None
 
     def load_warm_state_dict(self, states: dict | None) -> None:
         if self.strategy == "one_shot" and states is not None:

@@ -162,7 +162,7 @@ class WholeNetwork(Strategy):
 
     def state(self) -> dict[str, Any] | None:
         model = self.model.full_state_dict()
-        warm = self.model.warm_state_dict(packed=True)  # one-shot warm starts can be GiBs: gathered only when saved
+        warm = self.model.warm_state_dict(packed=True, root_only=True)  # one-shot warm starts can be GiBs: gathered when saved, on rank 0
         parts = self.groups.world.allgather(portable_optimizer_state(self.optimizer, self.names))
         if self.groups.rank != 0:
             return None

@@ -176,6 +176,14 @@ for warm in (True, False):
         errors.append(par.stats.grad_error)
         if warm and call == 1:  # a round trip through the gathered warm starts (packed, as a checkpoint holds them) changes nothing
             saved, packed = par.warm_state_dict(), par.warm_state_dict(packed=True)
+            on_root = par.warm_state_dict(packed=True, root_only=True)
+            same_on_root = on_root is not None and all(
+                (a is None) == (b is None) and (a is None or torch.equal(a, b))
+                for name in ("forward", "adjoint", "forward_rhs", "adjoint_rhs")
+                for a, b in zip(unpack_trajectory(packed["a"][name]), unpack_trajectory(on_root["a"][name]), strict=True)
+            )
+            root_only = {"rank0_same": comm.allgather(same_on_root)[0]}
+            root_only["elsewhere_none"] = all(comm.allgather(on_root is None or rank == 0))
             rhs_points = [i for i, s in enumerate(saved["a"]["forward_rhs"]) if s is not None]
             par.load_warm_state_dict(packed)
     lagged.append(errors)
@@ -188,7 +196,7 @@ same = all(
 )
 report["lagged_pass"] = {
     "warm": lagged[0], "cold": lagged[1], "rhs_points": rhs_points, "forward_states": kept_states,
-    "packed_equal": same, "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
+    "packed_equal": same, "root_only": root_only, "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
 }  # fmt: skip
 
 # Two calls before one backward: each call's solves keep what its own backward needs (the solvers reuse their channels).
