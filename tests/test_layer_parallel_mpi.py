@@ -36,6 +36,7 @@ def test_logits_and_every_gradient_match_serial_autograd(reports, n, case):
     assert r["fwd_converged"] and r["adj_converged"]
     tol = 1e-5 if "float32" in case else 1e-10
     assert r["output"] <= tol and r["grad"] <= tol and r["input_grad"] <= tol
+    assert r["predict"] <= (1e-6 if "float32" in case else 1e-13), "predict, the batch in parts through the ranks: serial to rounding"
     if "_L1" in case:
         assert r["bitwise"], "one level is layer-serial propagation: bitwise the serial result"
         assert r["fwd_iterations"] == r["adj_iterations"] == 1

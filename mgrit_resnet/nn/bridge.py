@@ -29,6 +29,12 @@ from .propagators import BuiltinSteps, coarse_intervals
 from .spec import NetworkSpec
 from .warm import WarmStart, warm_solve
 
+#: Parts a batch is cut into when several ranks propagate it layer-serially: the parts follow one another through
+#: the ranks, so that all ranks work at once on different parts. A fixed count: the parts are the same at every
+#: rank count above one (one rank propagates the batch whole).
+PIPELINE_PARTS = 8
+_PIPELINE_TAG = 64  # above the solvers' tags (three per level)
+
 
 @dataclass
 class CallStats:
@@ -168,6 +174,46 @@ class LayerSolves:
         lam0 = self.broadcast(result.states[-1] if self.backend.rank == 0 else None, grad_final, 0)
         grads = [g for n in self.owned_layers for g in adjoint.parameter_grads(n)]
         return lam0, grads, result
+
+    @torch.no_grad()
+    def pipelined_forward(self, x0: torch.Tensor, weights: dict) -> torch.Tensor:
+        """``x_N`` for ``x0`` by layer-serial propagation, on every rank (collective, no autograd).
+
+        On several ranks the batch is cut into :data:`PIPELINE_PARTS` parts
+        that follow one another through the ranks: while rank ``p`` steps part
+        ``k`` through its layers, rank ``p + 1`` steps part ``k - 1``, so the
+        ranks work at once and ``P`` ranks take about ``(K + P - 1) / (K P)`` of
+        the one-rank time. ``weights`` are this rank's layers (:meth:`steps`'
+        ``own``); the result is the one of :attr:`serial_forward` to rounding.
+        """
+        backend = self.backend
+        if backend.size == 1:
+            _, result = self.forward_solve(self.serial_forward, x0, weights, record=False)
+            return result.states[-1]
+        rank, last = backend.rank, backend.size - 1
+        own = self.serial_forward.owned_points
+        channels: dict[tuple, comm_module.Channel] = {}
+        finals = []
+        for part in (p for p in x0.tensor_split(PIPELINE_PARTS) if len(p)):
+            key = (tuple(part.shape), part.dtype)
+            if key not in channels:
+                tag = _PIPELINE_TAG + len(channels)
+                channels[key] = comm_module.Channel(backend, rank - 1 if rank else None, rank + 1 if rank < last else None, tag, part)
+            channel = channels[key]
+            problem = self.steps.forward_problem(part, weights, record=False)
+            if own.start == 0:
+                state = part
+            else:
+                channel.post_recv()
+                state = channel.wait_recv()
+            for j in range(max(own.start, 1), own.stop):
+                state = problem.step(state, j - 1, j, 0)
+            channel.send(state)
+            if rank == last:
+                finals.append(state)
+        for channel in channels.values():
+            channel.finish()
+        return self.broadcast(torch.cat(finals) if rank == last else None, x0, last)
 
     def final_state(self, result: SolveResult, template: torch.Tensor) -> torch.Tensor:
         """``x_N``, owned by the last rank, on every rank."""

@@ -335,11 +335,15 @@ class LayerParallel(nn.Module):
 
     @torch.no_grad()
     def propagate_exact(self, x0: torch.Tensor) -> torch.Tensor:
-        """``x_N`` for the initial state ``x0`` by layer-serial propagation pipelined over the ranks (collective, no autograd)."""
+        """``x_N`` for the initial state ``x0`` by layer-serial propagation pipelined over the ranks (collective, no autograd).
+
+        On several ranks the batch goes through in parts, one behind the other
+        (:meth:`~mgrit_resnet.nn.bridge.LayerSolves.pipelined_forward`), so
+        the ranks share the work.
+        """
         solves = self._solves
         weights = {n: solves.steps.own(self.layers[str(n)]) for n in self.owned_layers}
-        _, result = solves.forward_solve(solves.serial_forward, x0, weights, record=False)
-        return solves.final_state(result, x0)
+        return solves.pipelined_forward(x0, weights)
 
     @property
     def steps(self) -> Any:

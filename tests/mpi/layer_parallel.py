@@ -73,7 +73,10 @@ def compare(spec, options, seed=5):
     grads = par.full_grad_dict()
     serial = {k: p.grad for k, p in net.named_parameters()}
     params = par.full_state_dict()
+    # predict: the batch in parts through the ranks; 3 rows (fewer than the parts), 13 (parts of two sizes), 40
+    predicted = [rel(par.predict(xb), net(xb)) for xb in (batch(spec, 7, n)[0] for n in (3, 13, 40))]
     return {
+        "predict": max(predicted),
         "output": rel(out_p, out_s),
         "grad": max(rel(grads[k], serial[k]) for k in serial),
         "input_grad": rel(xp.grad, xs.grad),
