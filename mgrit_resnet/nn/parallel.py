@@ -442,7 +442,9 @@ class LayerParallel(nn.Module):
         return warm_bytes(self._warm)
 
     def warm_state_dict(self, packed: bool = False, root_only: bool = False) -> dict[Hashable, dict[str, Any]] | None:
-        """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank (``root_only``: rank 0; ``None`` elsewhere).
+        """Collective: the warm-start states of every key, as whole trajectories (CPU), on every rank.
+
+        With ``root_only`` on rank 0 only, ``None`` elsewhere (the checkpoint's way).
 
         A trajectory holds ``None`` at the points a warm start does not read
         (see :meth:`MGRIT.restart_states`). With ``packed``, each trajectory
@@ -454,9 +456,8 @@ class LayerParallel(nn.Module):
         back at any rank count, so a resumed one-shot run continues exactly.
         """
         solves = self._solves
-        return gather_trajectories(
-            self.backend, self._warm, solves.forward.owned_points.start, solves.adjoint.owned_points.start, self.depth + 1, packed, root_only
-        )
+        starts = solves.forward.owned_points.start, solves.adjoint.owned_points.start
+        return gather_trajectories(self.backend, self._warm, *starts, self.depth + 1, packed, root_only)
 
     def load_warm_state_dict(self, states: dict[Hashable, dict[str, Any]]) -> None:
         """Take this rank's part of :meth:`warm_state_dict`, packed or not (replaces the current warm starts)."""

@@ -199,7 +199,8 @@ same = all(
 )
 report["lagged_pass"] = {
     "warm": lagged[0], "cold": lagged[1], "rhs_points": rhs_points, "forward_states": kept_states,
-    "packed_equal": same, "root_only": root_only, "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
+    "packed_equal": same, "root_only": root_only,
+    "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
 }  # fmt: skip
 
 # Two calls before one backward: each call's solves keep what its own backward needs (the solvers reuse their channels).
