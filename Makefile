@@ -42,19 +42,13 @@ $(VENV)/.petsc: $(VENV)/.installed
 	fi
 	touch $@
 
-# The main job: Peaks trained layer-parallel (one-shot MGRIT, 2 ranks) and layer-serial, side by side
-# (into runs/, replaced on every run).
-# One-shot: the cheapest settings found to keep Peaks within half a point of serial (benchmarks/README.md):
-# two levels, coarsening 4, one coarse pass that takes the batch's last coarse right-hand side, then one
-# more forward iteration (2/1). Both runs checkpoint every 5 epochs (a one-shot checkpoint carries warm starts).
-DEMO_ONE_SHOT ?= --set mgrit.levels=2 --set mgrit.coarsening=4 --set mgrit.relax=F --set mgrit.skip_first_down=true \
-  --set network.coarse_weights=mean
-DEMO_BOTH ?= --set train.checkpoint_every=5
+# The main job (examples/demo.toml): your own residual block on MNIST, trained one-shot on 2 ranks and
+# serially, side by side (into runs/, replaced on every run).
 demo: setup
 	@echo "machine before the runs: $$(getconf _NPROCESSORS_ONLN) cores, $$OMP_NUM_THREADS thread(s) per process, load average $$(cut -d' ' -f1-3 /proc/loadavg) (a load near the core count slows the 2-rank run most)"
-	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet train examples/peaks.toml $(DEMO_ONE_SHOT) $(DEMO_BOTH) --out runs/peaks-one-shot --force
-	$(BIN)/mgrit-resnet train examples/peaks.toml --set train.strategy=serial $(DEMO_BOTH) --out runs/peaks-serial --force
-	$(BIN)/python examples/compare_runs.py runs/peaks-serial runs/peaks-one-shot
+	$(BIN)/mpiexec -n $(NP) $(BIN)/mgrit-resnet train examples/demo.toml --out runs/demo-one-shot --force
+	$(BIN)/mgrit-resnet train examples/demo.toml --set train.strategy=serial --out runs/demo-serial --force
+	$(BIN)/python examples/compare_runs.py runs/demo-serial runs/demo-one-shot
 
 test: setup petsc
 	$(BIN)/pytest -q

@@ -279,3 +279,19 @@ def test_the_performance_model_times_the_training_loops_step(strategy):
     assert training_step(theirs.module, other, data.train_x[index], data.train_y[index], key=0) == loss
     for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.mpi
+def test_the_demo_config_trains_one_shot_on_two_ranks(tmp_path):
+    # make demo's job (examples/demo.toml: a user block, the lagged coarse pass) on a few images: it runs on 2 ranks,
+    # learns, and its one checkpoint (after the last epoch) carries the coarse right-hand sides that resume needs.
+    args = ["python", "-m", "mgrit_resnet", "train", str(ROOT / "examples" / "demo.toml"), "--out", str(tmp_path / "run")]
+    for s in ["data.n_train=200", "data.n_val=100", "train.epochs=2"]:
+        args += ["--set", s]
+    mpirun(2, args, timeout=300)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["strategy"] == "one_shot" and summary["val_accuracy"] > 0.2
+    losses = [r["train_loss"] for r in metrics(tmp_path / "run")]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 2 and all(e["forward_rhs"] is not None for e in saved["warm_start"].values())

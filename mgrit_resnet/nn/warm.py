@@ -87,7 +87,7 @@ def gather_trajectories(
     local = {
         key: (w.fingerprint, fwd_start, adj_start, [_pack(getattr(w, name)) for name, _ in TRAJECTORIES]) for key, w in entries.items()
     }
-    parts = backend.gather(local) if root_only else backend.allgather(local)
+    parts = _gather_to_root(backend, local) if root_only else backend.allgather(local)
     if parts is None:
         return None
     merged: dict[Hashable, dict[str, Any]] = {}
@@ -106,6 +106,58 @@ def gather_trajectories(
             complete = sum(length for length, _, _ in parts) == points
             entry[name] = None if not complete else trajectory if packed else unpack_trajectory(trajectory)
     return merged
+
+
+_GATHER_TAG = 96  # above the solvers' and the pipelined propagation's tags
+
+
+def _gather_to_root(backend: Any, local: dict) -> list | None:
+    """Collective: every rank's ``local`` entries (:func:`gather_trajectories`') in rank order on rank 0, ``None`` elsewhere.
+
+    Only the description travels pickled; the stacked states go as raw buffers,
+    one message each, in the order of the description. Pickling hundreds of MB
+    of states cost a one-shot checkpoint several seconds.
+    """
+
+    def described(entries: dict) -> tuple[dict, list[torch.Tensor]]:
+        stacks: list[torch.Tensor] = []
+        shapes = {}
+        for key, (fp, fs, as_, packs) in entries.items():
+            kept = []
+            for pack in packs:
+                if pack is None or pack[2] is None:
+                    kept.append(pack)
+                else:
+                    stacks.append(pack[2].contiguous())
+                    kept.append((pack[0], pack[1], (tuple(pack[2].shape), pack[2].dtype)))
+            shapes[key] = (fp, fs, as_, kept)
+        return shapes, stacks
+
+    shapes, stacks = described(local)
+    descriptions = backend.gather(shapes)
+    if backend.rank != 0:
+        requests = [backend.isend(stack, 0, _GATHER_TAG) for stack in stacks]
+        for request in requests:
+            request.Wait()
+        return None
+    parts = [local]
+    for source, description in enumerate(descriptions[1:], 1):
+        requests, part = [], {}
+        for key, (fp, fs, as_, kept) in description.items():
+            packs = []
+            for pack in kept:
+                if pack is None or pack[2] is None:
+                    packs.append(pack)
+                    continue
+                shape, dtype = pack[2]
+                stacked = torch.empty(shape, dtype=dtype)
+                requests.append(backend.irecv(stacked, source, _GATHER_TAG))
+                packs.append((pack[0], pack[1], stacked))
+            part[key] = (fp, fs, as_, packs)
+        for request in requests:
+            request.Wait()
+        parts.append(part)
+    return parts
 
 
 def unpack_trajectory(trajectory: dict[str, Any] | list | None) -> list | None:
