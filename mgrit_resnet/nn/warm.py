@@ -120,8 +120,9 @@ def _gather_to_root(backend: Any, local: dict) -> list | None:
     """
 
     def described(entries: dict) -> tuple[dict, list[torch.Tensor]]:
+        """The entries with each stack replaced by its shape and dtype, and the stacks in that order."""
         stacks: list[torch.Tensor] = []
-        shapes = {}
+        description = {}
         for key, (fp, fs, as_, packs) in entries.items():
             kept = []
             for pack in packs:
@@ -130,11 +131,11 @@ def _gather_to_root(backend: Any, local: dict) -> list | None:
                 else:
                     stacks.append(pack[2].contiguous())
                     kept.append((pack[0], pack[1], (tuple(pack[2].shape), pack[2].dtype)))
-            shapes[key] = (fp, fs, as_, kept)
-        return shapes, stacks
+            description[key] = (fp, fs, as_, kept)
+        return description, stacks
 
-    shapes, stacks = described(local)
-    descriptions = backend.gather(shapes)
+    mine, stacks = described(local)
+    descriptions = backend.gather(mine)
     if backend.rank != 0:
         requests = [backend.isend(stack, 0, _GATHER_TAG) for stack in stacks]
         for request in requests:

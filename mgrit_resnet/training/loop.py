@@ -207,8 +207,8 @@ def save(out: Path, run: Strategy, cfg: Any, metrics: list[dict[str, Any]], wall
 
     A row is in ``metrics.jsonl`` only once the checkpoint that holds it is on
     disk: the rows after the first ``saved_rows`` (those of the checkpoint
-    before). Returns ``False`` on every rank, writing
-    nothing, when a tensor of the state is not finite: the last good checkpoint stays.
+    before). Returns ``False`` on every rank, writing nothing, when a tensor
+    of the state is not finite: the last good checkpoint stays.
     """
     state = run.state()
     finite = state is None or checkpoint.all_finite(state)
