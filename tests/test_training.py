@@ -140,9 +140,9 @@ def test_checkpoints_every_few_epochs_resume_exactly_from_the_last(tmp_path):
     assert [r["epoch"] for r in metrics(tmp_path / "stopped")] == [1, 2]
     run(tmp_path / "stopped", 5, 2, resume=True)
     assert without_times(metrics(tmp_path / "stopped")) == without_times(metrics(tmp_path / "each"))
-    first = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["model"]
     whole = torch.load(tmp_path / "each" / "checkpoint.pt", weights_only=False)["model"]
-    assert all(torch.equal(first[k], v) for k, v in whole.items())
+    assert all(torch.equal(resumed[k], v) for k, v in whole.items())
 
 
 LAGGED_PASS = ["mgrit.levels=2", "mgrit.coarsening=4", "mgrit.relax=F", "mgrit.skip_first_down=true", "network.coarse_weights=mean"]
