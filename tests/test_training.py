@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT, mpirun
 
 import mgrit_resnet as mr
+from mgrit_resnet import training
 from mgrit_resnet.cli import main
 
 TINY = str(ROOT / "examples" / "tiny_train.toml")
@@ -126,7 +127,7 @@ def test_checkpoints_every_few_epochs_resume_exactly_from_the_last(tmp_path):
                 raise Stopped
 
         cfg = mr.load_config(TINY, overrides={"train.epochs": epochs, "train.checkpoint_every": every})
-        mr.training.train(cfg, out=out, resume=resume, on_epoch=on_epoch)
+        training.train(cfg, out=out, resume=resume, on_epoch=on_epoch)
         return seen
 
     # Saved after epochs 2, 4 and the last, 5: on_epoch runs before the epoch's save.
