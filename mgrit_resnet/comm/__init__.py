@@ -1,13 +1,14 @@
 """Communication: backends behind one protocol, and what is built on them.
 
 ``base`` holds the protocols, the one-rank and reversed backends and the
-:class:`Channel`; ``mpi`` is the only module that imports mpi4py; ``threads``
+:class:`Channel` and the :class:`Pipe` of channels to both neighbours; ``mpi`` is the only module that imports mpi4py; ``threads``
 runs ranks as threads in one process; ``clocked`` times a backend with a
 virtual clock; ``groups`` splits the ranks into data groups of layer-ranks.
 """
 
 from .base import Backend as Backend
 from .base import Channel as Channel
+from .base import Pipe as Pipe
 from .base import Request as Request
 from .base import ReversedBackend as ReversedBackend
 from .base import SerialBackend as SerialBackend

@@ -9,11 +9,14 @@ A solver keeps its channels from one solve to the next (see :meth:`Channel.finis
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .. import _arrays
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Request(Protocol):
@@ -237,3 +240,40 @@ class Channel:
         if self._handed_out:
             self._recv_buffer = _arrays.empty_like(self._recv_buffer)
             self._handed_out = False
+
+
+class Pipe:
+    """States to the next rank, the previous rank's from it (a pipeline over the ranks): one :class:`Channel` per message shape.
+
+    ``received`` and ``sent`` are one-row templates of the states that come in
+    and go out (they differ when a stage ends between the two ranks' blocks).
+    A message's tag follows from its rows and ``purpose``, so batches of
+    several sizes travel side by side.
+    """
+
+    def __init__(self, backend: Any, received: torch.Tensor, sent: torch.Tensor) -> None:
+        self.backend, self.templates = backend, {False: received, True: sent}
+        self.left = backend.rank - 1 if backend.rank > 0 else None
+        self.right = backend.rank + 1 if backend.rank < backend.size - 1 else None
+        self._channels: dict[tuple[int, int, bool], Channel] = {}
+
+    def _channel(self, purpose: int, rows: int, sending: bool) -> Channel:
+        key = (purpose, rows, sending)
+        if key not in self._channels:
+            one = self.templates[sending]
+            template = one.new_empty((rows, *one.shape[1:]))
+            left, right = (None, self.right) if sending else (self.left, None)
+            self._channels[key] = Channel(self.backend, left, right, 16 + 2 * rows + purpose, template)
+        return self._channels[key]
+
+    def recv(self, purpose: int, rows: int) -> torch.Tensor:
+        channel = self._channel(purpose, rows, False)
+        channel.post_recv()
+        return channel.wait_recv().clone()  # the buffer is reused; autograd keeps the input
+
+    def send(self, purpose: int, state: torch.Tensor) -> None:
+        self._channel(purpose, state.shape[0], True).send(state)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.finish()  # waits for the last send

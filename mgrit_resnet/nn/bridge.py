@@ -33,7 +33,6 @@ from .warm import WarmStart, warm_solve
 #: the ranks, so that all ranks work at once on different parts. A fixed count: the parts are the same at every
 #: rank count above one (one rank propagates the batch whole).
 PIPELINE_PARTS = 8
-_PIPELINE_TAG = 64  # above the solvers' tags (three per level)
 
 
 @dataclass
@@ -192,27 +191,18 @@ class LayerSolves:
             return result.states[-1]
         rank, last = backend.rank, backend.size - 1
         own = self.serial_forward.owned_points
-        channels: dict[tuple, comm_module.Channel] = {}
+        pipe = comm_module.Pipe(backend, x0[:1], x0[:1])
         finals = []
         for part in (p for p in x0.tensor_split(PIPELINE_PARTS) if len(p)):
-            key = (tuple(part.shape), part.dtype)
-            if key not in channels:
-                tag = _PIPELINE_TAG + len(channels)
-                channels[key] = comm_module.Channel(backend, rank - 1 if rank else None, rank + 1 if rank < last else None, tag, part)
-            channel = channels[key]
             problem = self.steps.forward_problem(part, weights, record=False)
-            if own.start == 0:
-                state = part
-            else:
-                channel.post_recv()
-                state = channel.wait_recv()
+            state = part if own.start == 0 else pipe.recv(0, len(part))
             for j in range(max(own.start, 1), own.stop):
                 state = problem.step(state, j - 1, j, 0)
-            channel.send(state)
-            if rank == last:
+            if rank < last:
+                pipe.send(0, state)
+            else:
                 finals.append(state)
-        for channel in channels.values():
-            channel.finish()
+        pipe.close()
         return self.broadcast(torch.cat(finals) if rank == last else None, x0, last)
 
     def final_state(self, result: SolveResult, template: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def gather_trajectories(
     return merged
 
 
-_GATHER_TAG = 96  # above the solvers' and the pipelined propagation's tags
+_GATHER_TAG = 96  # a tag of its own: no other message is in flight while a checkpoint gathers
 
 
 def _gather_to_root(backend: Any, local: dict) -> list | None:

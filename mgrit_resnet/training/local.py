@@ -52,41 +52,6 @@ from .strategy import EVAL_BATCH, Strategy, sum_over_data_groups
 _TRAIN, _EVAL = 0, 1
 
 
-class _Pipe:
-    """Block outputs to the next rank, the previous rank's from it: one :class:`~mgrit_resnet.comm.Channel` per message shape.
-
-    ``received`` and ``sent`` are one-row templates of the states that come in
-    and go out (they differ when a stage ends between the two ranks' blocks).
-    """
-
-    def __init__(self, backend: Any, received: torch.Tensor, sent: torch.Tensor) -> None:
-        self.backend, self.templates = backend, {False: received, True: sent}
-        self.left = backend.rank - 1 if backend.rank > 0 else None
-        self.right = backend.rank + 1 if backend.rank < backend.size - 1 else None
-        self._channels: dict[tuple[int, int, bool], comm_module.Channel] = {}
-
-    def _channel(self, purpose: int, rows: int, sending: bool) -> comm_module.Channel:
-        key = (purpose, rows, sending)
-        if key not in self._channels:
-            one = self.templates[sending]
-            template = one.new_empty((rows, *one.shape[1:]))
-            left, right = (None, self.right) if sending else (self.left, None)
-            self._channels[key] = comm_module.Channel(self.backend, left, right, 16 + 2 * rows + purpose, template)
-        return self._channels[key]
-
-    def recv(self, purpose: int, rows: int) -> torch.Tensor:
-        channel = self._channel(purpose, rows, False)
-        channel.post_recv()
-        return channel.wait_recv().clone()  # the buffer is reused; autograd keeps the input
-
-    def send(self, purpose: int, state: torch.Tensor) -> None:
-        self._channel(purpose, state.shape[0], True).send(state)
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.finish()  # waits for the last send
-
-
 class LocalTrainer:
     """This rank's blocks, their optimisers and schedules, and the pipe to its neighbours.
 
@@ -137,7 +102,7 @@ class LocalTrainer:
         def template(block: int) -> torch.Tensor:  # one row of block ``block``'s output: a state of its stage
             return torch.empty((1, *shapes[self.cut[block][0]]), dtype=self.dtype, device=device)
 
-        self.pipe = _Pipe(self.layer_backend, template(max(self.mine.start - 1, 0)), template(self.mine.stop - 1))
+        self.pipe = comm_module.Pipe(self.layer_backend, template(max(self.mine.start - 1, 0)), template(self.mine.stop - 1))
 
     @property
     def owned_layers(self) -> range | list[range]:
