@@ -9,14 +9,11 @@ A solver keeps its channels from one solve to the next (see :meth:`Channel.finis
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .. import _arrays
-
-if TYPE_CHECKING:
-    import torch
 
 
 class Request(Protocol):
@@ -245,13 +242,13 @@ class Channel:
 class Pipe:
     """States to the next rank, the previous rank's from it (a pipeline over the ranks): one :class:`Channel` per message shape.
 
-    ``received`` and ``sent`` are one-row templates of the states that come in
+    ``received`` and ``sent`` are one-row templates (tensors) of the states that come in
     and go out (they differ when a stage ends between the two ranks' blocks).
     A message's tag follows from its rows and ``purpose``, so batches of
     several sizes travel side by side.
     """
 
-    def __init__(self, backend: Any, received: torch.Tensor, sent: torch.Tensor) -> None:
+    def __init__(self, backend: Any, received: Any, sent: Any) -> None:
         self.backend, self.templates = backend, {False: received, True: sent}
         self.left = backend.rank - 1 if backend.rank > 0 else None
         self.right = backend.rank + 1 if backend.rank < backend.size - 1 else None
@@ -266,12 +263,12 @@ class Pipe:
             self._channels[key] = Channel(self.backend, left, right, 16 + 2 * rows + purpose, template)
         return self._channels[key]
 
-    def recv(self, purpose: int, rows: int) -> torch.Tensor:
+    def recv(self, purpose: int, rows: int) -> Any:
         channel = self._channel(purpose, rows, False)
         channel.post_recv()
         return channel.wait_recv().clone()  # the buffer is reused; autograd keeps the input
 
-    def send(self, purpose: int, state: torch.Tensor) -> None:
+    def send(self, purpose: int, state: Any) -> None:
         self._channel(purpose, state.shape[0], True).send(state)
 
     def close(self) -> None:
