@@ -219,8 +219,8 @@ class ModuleSteps:
         """
         if not _floating(next(iter(own.values()))):
             return {}  # blocks without parameters or buffers are all alike
-        flat = {n: torch.cat([t.detach().reshape(-1).double().cpu() for t in _floating(block)]) for n, block in own.items()}
-        for (start, stop), mean in interval_means(backend, flat, self.intervals).items():
+        rows = torch.stack([torch.cat([t.detach().reshape(-1).double().cpu() for t in _floating(block)]) for block in own.values()])
+        for (start, stop), mean in interval_means(backend, rows, min(own), self.intervals).items():
             if (start, stop) not in self._means:
                 self._means[(start, stop)] = self.make(start).requires_grad_(False)
             offset = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -118,18 +119,24 @@ def fetch_foreign_weights(
     return weights, sent
 
 
-def interval_means(backend: Any, flat: dict[int, torch.Tensor], intervals: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+def interval_means(backend: Any, rows: torch.Tensor, first: int, intervals: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
     """Collective: ``(start, stop) ->`` the mean of the flat vectors of layers ``start ... stop - 1``, on every rank.
 
-    ``flat`` holds this rank's layers (a contiguous run; one flat host vector
-    each, all of one length and dtype). Each rank sums its share of every
-    interval in layer order; one buffer allreduce adds the ranks' sums.
+    ``rows`` holds this rank's layers as one flat host vector each, stacked
+    (row ``i`` is layer ``first + i``: a contiguous run). Each rank sums its
+    share of every interval in float64, in one product with the 0/1 matrix of
+    which layer falls in which interval; one buffer allreduce adds the ranks'
+    sums. The means come back in ``rows``' dtype.
     """
-    first = next(iter(flat.values()))
-    sums = torch.zeros((len(intervals), first.numel()), dtype=first.dtype)
-    lo, hi = min(flat), max(flat) + 1
-    for i, (start, stop) in enumerate(intervals):
-        for n in range(max(start, lo), min(stop, hi)):
-            sums[i] += flat[n]
+    sums = _membership(tuple(intervals), first, rows.shape[0]) @ rows.to(torch.float64)
     backend.allreduce_buffer(sums)
-    return {(start, stop): sums[i] / (stop - start) for i, (start, stop) in enumerate(intervals)}
+    return {(start, stop): (sums[i] / (stop - start)).to(rows.dtype) for i, (start, stop) in enumerate(intervals)}
+
+
+@functools.lru_cache(maxsize=64)
+def _membership(intervals: tuple[tuple[int, int], ...], first: int, n: int) -> torch.Tensor:
+    """The 0/1 matrix whose entry ``(i, j)`` says whether layer ``first + j`` lies in ``intervals[i]`` (float64)."""
+    member = torch.zeros((len(intervals), n), dtype=torch.float64)
+    for i, (start, stop) in enumerate(intervals):
+        member[i, max(start - first, 0) : max(min(stop - first, n), 0)] = 1.0
+    return member

@@ -133,8 +133,9 @@ class BuiltinSteps:
         weights, sent = fetch_foreign_weights(backend, plan, layer_bounds, own, device)
         if self.coarse_weights == "mean" and self.intervals:
             weight = next(iter(own.values()))[0]
-            flat = {n: torch.cat([t.reshape(-1) for t in layer]).cpu() for n, layer in own.items()}
-            for interval, mean in interval_means(backend, flat, self.intervals).items():
+            layers = list(own.values())  # in layer order, from this rank's first layer
+            rows = torch.cat([torch.stack([w for w, _ in layers]).flatten(1), torch.stack([b for _, b in layers]).flatten(1)], 1).cpu()
+            for interval, mean in interval_means(backend, rows, min(own), self.intervals).items():
                 mean = mean.to(weight.device)
                 weights[interval] = (mean[: weight.numel()].view(weight.shape), mean[weight.numel() :])
         return weights, sent
