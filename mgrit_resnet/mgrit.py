@@ -269,8 +269,9 @@ class MGRIT:
             self._prepare_levels(u0)
             fine = self._levels[0]
             self._set_initial_guess(fine, u0, initial_guess)
-            residuals, initial_residual, iteration, converged, phi = self._iterate(fine, initial_guess is not None, callback, coarse_rhs)
-            rhs = self._coarse_rhs(fine, phi, iteration, coarse_rhs) if keep_coarse_rhs and self.uses_coarse_rhs else None
+            warm = initial_guess is not None
+            residuals, initial_residual, iteration, converged, phi, chain = self._iterate(fine, warm, callback, coarse_rhs)
+            rhs = self._coarse_rhs(fine, phi, chain) if keep_coarse_rhs and self.uses_coarse_rhs else None
         except BaseException:
             self._levels, self._levels_key = [], None  # a solve broken off may leave messages in flight: start afresh
             raise
@@ -316,18 +317,27 @@ class MGRIT:
 
     def _iterate(
         self, fine: _Level, warm: bool, callback: Callable[[int, float], None] | None, coarse_rhs: Sequence[Any] | None = None
-    ) -> tuple[list[float], float | None, int, bool, list | None]:
-        """The iterations of a solve: residual history, initial residual, iteration count, convergence, last probe."""
+    ) -> tuple[list[float], float | None, int, bool, list | None, list | None]:
+        """The iterations of a solve: residual history, initial residual, iteration count, convergence, last probe, chain.
+
+        The chain is the first coarse level's right-hand side (on fine point
+        indices, ``None`` for zero) whose sequential solve the fine C-points
+        still are, or ``None`` when they are not one (see :meth:`_chain_rhs`).
+        """
         residuals: list[float] = []
         initial_residual = None
         iteration = 0
         phi = None
+        chain = None
         skip_relax = warm and not self.relax_warm_start
         if self.skip_first_down and self.max_iter > 0:
             if coarse_rhs is not None and self.uses_coarse_rhs:
                 self._lagged_coarse_pass(fine, coarse_rhs)
+                chain = list(coarse_rhs)
             else:
                 self._coarse_pass()
+                if len(self._levels) == 2:  # on more levels the first coarse level's F-points follow the coarser ones
+                    chain = [None] * len(fine.own)
             iteration, skip_relax = 1, False  # the pass moved the C-points: the F-points must follow
         sequential = len(self._levels) == 1 and self.max_iter > 0
         if sequential:
@@ -357,8 +367,8 @@ class MGRIT:
             if len(self._levels) == 1:
                 self._solve_coarsest(fine)
             else:
-                self._cycle(0, self.cycle, phi)
-        return residuals, initial_residual, iteration, converged, phi
+                chain = self._cycle(0, self.cycle, phi, chain)
+        return residuals, initial_residual, iteration, converged, phi, chain
 
     def _announce_last_sweep(self) -> None:
         announce = getattr(self._active, "last_sweep", None)
@@ -427,21 +437,28 @@ class MGRIT:
             self._coarse_pass()
 
     # ------------------------------------------------------------------ cycles
-    def _cycle(self, index: int, kind: str, phi: list | None = None) -> None:
+    def _cycle(self, index: int, kind: str, phi: list | None = None, chain: list | None = None) -> list | None:
+        """One cycle from ``level``; ``chain``: the fine level's (:meth:`_iterate`). Returns the chain after it (``None``: none)."""
         level = self._levels[index]
         last = len(self._levels) - 1
         if index == last:
             self._solve_coarsest(level)
-            return
+            return None
         phi = self._relax(level, phi)
         coarse = self._levels[index + 1]
-        self._restrict(level, coarse, phi)
+        if chain is not None and level.n_cf == 0:  # the C-points are still the chain: its FAS right-hand side needs no coarse step
+            chain = self._chain_rhs(level, phi, chain)
+            self._inject(level, coarse, chain)
+        else:
+            chain = None
+            self._restrict(level, coarse, phi)
         if kind == "F" and index + 1 < last:
             self._cycle(index + 1, "F")
         self._cycle(index + 1, "V")
         if index + 1 < last:
             self._f_relax(coarse)
         self._correct(level, coarse)
+        return chain if index + 1 == last else None  # a coarser level moves the first coarse level's points off the chain
 
     def _coarse_pass(self) -> None:
         """Inject down without relaxation (``g = 0``), solve the coarsest level, interpolate up."""
@@ -459,36 +476,29 @@ class MGRIT:
         """Solve the first coarse level sequentially with an earlier solve's right-hand side; inject it into the fine C-points."""
         if len(rhs) != len(fine.own):
             raise ValueError(f"coarse_rhs needs one entry per owned point ({len(fine.own)} on rank {self.backend.rank}); got {len(rhs)}")
-        coarse, a, m = self._levels[1], fine.own.start, fine.m
-        coarse.u = [fine.u[j * m - a] for j in coarse.own]
-        coarse.g = [None if rhs[j * m - a] is None else (rhs[j * m - a], None) for j in coarse.own]
+        coarse = self._levels[1]
+        self._inject(fine, coarse, rhs)
         self._solve_coarsest(coarse)
         self._correct(fine, coarse)
 
-    def _coarse_rhs(self, fine: _Level, phi: list | None, iteration: int, earlier: Sequence[Any] | None) -> list | None:
+    @staticmethod
+    def _inject(level: _Level, coarse: _Level, rhs: Sequence[Any]) -> None:
+        """Inject the C-points into ``coarse``, whose right-hand side is ``rhs`` (on ``level``'s indices), kept as the difference alone."""
+        a, m = level.own.start, level.m
+        coarse.u = [level.u[j * m - a] for j in coarse.own]
+        coarse.g = [None if rhs[j * m - a] is None else (rhs[j * m - a], None) for j in coarse.own]
+
+    def _coarse_rhs(self, fine: _Level, phi: list | None, chain: list | None) -> list | None:
         """The first coarse level's FAS right-hand side at the final fine states, on fine point indices.
 
-        When the fine C-points are still the first coarse level's sequential
-        solve ``U_c = Phi_1(U_{c-1}) + g_c`` (one pass, no cycle after it),
-        ``Phi_1(U_{c-1}) = U_c - g_c`` is known: the new right-hand side is
-        ``g_c + Phi(u_{c-1}) - U_c``, the old one plus the fine residual, and
-        no coarse step is made again (the restriction would redo them all).
-        ``earlier`` is the right-hand side the pass took (``None``: a plain
-        pass, a chain only with two levels); a cycle after the pass
-        (``iteration > 1``) moves the C-points off the chain.
+        From the chain when the C-points are one (:meth:`_chain_rhs`: no coarse
+        step); else by the restriction, one coarse step per C-point.
         """
         if phi is None:
             return None
+        if chain is not None:
+            return self._chain_rhs(fine, phi, chain)
         a, m = fine.own.start, fine.m
-        if iteration == 1 and (earlier is not None or len(self._levels) == 2):
-            rhs: list[Any] = [None] * len(fine.own)
-            for jc, value in zip(fine.c_own, phi):
-                if value is not None:
-                    c = jc * m
-                    residual = self._plus_g(fine, value, c) - fine.u[c - a]
-                    old = None if earlier is None else earlier[c - a]
-                    rhs[c - a] = residual if old is None else old + residual
-            return rhs
         coarse = self._levels[1]
         self._restrict(fine, coarse, phi)
         rhs = [None] * len(fine.own)
@@ -496,6 +506,25 @@ class MGRIT:
             if g is not None:
                 target, injected = g
                 rhs[j * m - a] = target - injected
+        return rhs
+
+    def _chain_rhs(self, fine: _Level, phi: list, chain: Sequence[Any]) -> list:
+        """The FAS right-hand side of the first coarse level at C-points that are its sequential solve with ``chain``.
+
+        When the fine C-points are ``U_c = Phi_1(U_{c-1}) + g_c`` (after a coarse
+        pass, or a two-level cycle, with F-relaxation since: it leaves them
+        alone), ``Phi_1(U_{c-1}) = U_c - g_c`` is known, and the right-hand side
+        ``Phi(u_{c-1}) - Phi_1(u_{c-1})`` is ``g_c + Phi(u_{c-1}) - U_c``: the old
+        one plus the fine residual, with no coarse step made again.
+        """
+        a, m = fine.own.start, fine.m
+        rhs: list[Any] = [None] * len(fine.own)
+        for jc, value in zip(fine.c_own, phi):
+            if value is not None:
+                c = jc * m
+                residual = self._plus_g(fine, value, c) - fine.u[c - a]
+                old = chain[c - a]
+                rhs[c - a] = residual if old is None else old + residual
         return rhs
 
     # ------------------------------------------------------------------ pieces

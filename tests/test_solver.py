@@ -120,6 +120,52 @@ def test_one_coarse_pass_with_a_lagged_right_hand_side_is_parareal_with_the_last
     assert second.steps_per_rank == [12 + 36 + 12], "the chain's 12 coarse steps, 36 F-point steps and 12 probes: none redone"
 
 
+def test_a_second_iteration_after_the_lagged_pass_is_parareal_and_makes_no_coarse_step_twice():
+    """Two levels, F-relaxation: ``U^2_c = G(U^2_{c-1}) + F(U^1_{c-1}) - G(U^1_{c-1})`` after the lagged pass ``U^1``, by hand.
+
+    The second iteration's FAS right-hand side comes from the chain the pass left
+    (``G(U^1_{c-1}) = U^1_c - g_c``), so no coarse step of the pass is made again.
+    """
+    old, new = (mr.problems.Dahlquist(z=z, t_final=4.0, n_steps=48, scheme="backward_euler") for z in (-1.0 + 2j, -1.1 + 2.1j))
+    options = dict(levels=2, coarsening=4, relax="F", skip_first_down=True, tol=0.0)
+    first = mr.MGRIT(old, max_iter=1, **options).solve(keep_coarse_rhs=True)
+    result = mr.MGRIT(new, max_iter=2, **options).solve([None] * 49, coarse_rhs=first.coarse_rhs, keep_coarse_rhs=True)
+
+    def fine(u, c):  # m fine steps from the C-point before c
+        for i in range(c - 4, c):
+            u = new.step(u, i, i + 1, 0)
+        return u
+
+    def coarse(u, c):
+        return new.step(u, c - 4, c, 1)
+
+    u1 = [new.initial_value()]
+    for c in range(4, 49, 4):
+        u1.append(coarse(u1[-1], c) + first.coarse_rhs[c])
+    u2 = [new.initial_value()]
+    for k, c in enumerate(range(4, 49, 4)):
+        u2.append(coarse(u2[-1], c) + fine(u1[k], c) - coarse(u1[k], c))
+    np.testing.assert_allclose([result.states[c] for c in range(0, 49, 4)], u2, rtol=1e-12)
+    for c in range(4, 49, 4):  # the kept right-hand side at the final states, again from the chain
+        v = result.states[c - 4]
+        assert result.coarse_rhs[c] == pytest.approx(fine(v, c) - coarse(v, c), rel=1e-11)
+    per_iteration = 36 + 12  # the F-points and the probes
+    assert result.steps_per_rank == [12 + per_iteration + 12 + per_iteration], "the pass's and the cycle's 12 coarse steps, none redone"
+    assert len(result.residuals) == 2 and result.residuals[1] < result.residuals[0]
+
+
+@pytest.mark.parametrize("lagged", [False, True])
+@pytest.mark.parametrize("levels", [2, 3])
+def test_iterations_after_a_coarse_pass_converge_to_the_sequential_solution(levels, lagged):
+    """Every cycle after the pass (its right-hand side from the chain on two levels, by restriction on more) converges."""
+    problem = heat(n_steps=96)
+    options = dict(levels=levels, coarsening=4, relax="F", skip_first_down=True)
+    rhs = mr.MGRIT(problem, max_iter=1, tol=0.0, **options).solve(keep_coarse_rhs=True).coarse_rhs if lagged else None
+    result = mr.MGRIT(problem, tol=1e-11, max_iter=40, **options).solve([None] * 97 if lagged else None, coarse_rhs=rhs)
+    assert result.converged and result.iterations >= 3
+    np.testing.assert_allclose(np.array(result.states), np.array(sequential(problem)), rtol=0, atol=1e-10)
+
+
 def test_a_lagged_coarse_pass_keeps_a_converged_warm_start_converged():
     problem = heat(n_steps=96)
     converged = mr.MGRIT(problem, levels=3, coarsening=4, skip_first_down=True, tol=1e-12, max_iter=40).solve(keep_coarse_rhs=True)
