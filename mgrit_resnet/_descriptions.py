@@ -51,6 +51,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "t_final": ":math:`T`; each layer is a step of :math:`h = T/N`",
         "activation": "activation function :math:`\\sigma`",
         "n_classes": "number of output classes",
+        "head_pool": "conv: the classifier reads the final state average-pooled to ``head_pool x head_pool`` "
+        "(``adaptive_avg_pool2d``) and flattened, ``width * head_pool**2`` features (``widths[-1] * head_pool**2`` for "
+        "stages; block-wise training's auxiliary heads too); 1 is global average pooling. At most the final state's side: "
+        "``image_size``, or for ``depths`` ``image_size`` halved (rounding up) by each transition. dense: 1 only; "
+        "``module``: not read",
         "dtype": "floating-point type",
         "coarse_weights": "an MGRIT coarse step of an interval of layers uses the weights of its first layer (``first``) or "
         "the mean weights of its layers (``mean``; user blocks: their mean parameters and floating buffers; one sum over the "

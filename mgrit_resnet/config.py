@@ -219,6 +219,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "t_final": (1.0, _real(positive=True)),
         "activation": ("tanh", _choice(*ACTIVATION_NAMES)),
         "n_classes": (5, _integer(2)),
+        "head_pool": (1, _integer(1)),
         "dtype": ("float32", _choice(*DTYPES)),
         "coarse_weights": ("first", _choice(*COARSE_WEIGHTS)),
         "device": ("cpu", _choice(*DEVICES)),
@@ -389,7 +390,8 @@ def get_dotted(config: Config, dotted: str) -> Any:
 
 def check_pairs(values: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise :class:`ConfigError` for keys that need or exclude each other: ``network.module`` and ``options`` go
-    with ``network.kind = "module"`` (which needs ``module``), ``data.path`` with ``data.name = "npz"`` (which needs it).
+    with ``network.kind = "module"`` (which needs ``module``), ``data.path`` with ``data.name = "npz"`` (which needs it);
+    ``network.head_pool`` must fit the built-in network (:func:`check_head_pool`; a user network does not read it).
 
     Parameters
     ----------
@@ -417,6 +419,11 @@ def check_pairs(values: Mapping[str, Mapping[str, Any]]) -> None:
             "network.kind = 'module' only (passed to its build(options))"
         )
     check_network_stages(network)
+    if network is not None and network["kind"] != "module":  # a user network does not read network.head_pool
+        try:
+            check_head_pool(network["kind"], network["head_pool"], network["image_size"], len(network["depths"]) or 1)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     check_train_pairs(values.get("train"))
 
 
@@ -436,6 +443,58 @@ def check_network_stages(network: Mapping[str, Any] | None) -> None:
             f"network.depths and network.widths must have one entry per stage each; got {len(depths)} depths {depths} "
             f"and {len(widths)} widths {widths}"
         )
+
+
+def final_side(image_size: int, stages: int = 1) -> int:
+    """The side of the final state of a built-in conv network on ``image_size x image_size`` images.
+
+    The ``stages - 1`` transitions of a network of stages (``network.depths``)
+    are stride-2 convolutions with padding 1: each takes a side ``s`` to ``ceil(s / 2)``.
+    """
+    side = image_size
+    for _ in range(stages - 1):
+        side = -(-side // 2)
+    return side
+
+
+def check_head_pool(kind: str, head_pool: Any, image_size: int, stages: int = 1) -> int:
+    """Return ``network.head_pool`` after checking it against the built-in network it pools for.
+
+    Parameters
+    ----------
+    kind
+        ``network.kind``: ``"dense"`` takes only 1, ``"conv"`` 1 up to the final state's side.
+    head_pool
+        The value to check: the classifier reads the final state average-pooled to ``head_pool x head_pool``.
+    image_size
+        ``network.image_size``.
+    stages
+        The number of stages (``len(network.depths)``, 1 for one stage): each transition halves the side, rounding up.
+
+    Raises
+    ------
+    ValueError
+        Not an integer >= 1 (``TypeError`` for a non-integer), not 1 for a dense network, or
+        larger than the side of a conv network's final state; the message names ``network.head_pool``
+        and the allowed values.
+    """
+    head_pool = check_int("network.head_pool", head_pool, minimum=1)
+    if kind == "dense" and head_pool != 1:
+        raise ValueError(
+            f"network.head_pool = {head_pool} but network.kind = 'dense': network.head_pool applies to conv networks only "
+            "(it pools the final state's image); a dense network takes network.head_pool = 1"
+        )
+    if kind == "conv":
+        side = final_side(image_size, stages)
+        if head_pool > side:
+            where = f"network.image_size = {image_size}" + (
+                f", halved (rounding up) by the {stages - 1} stride-2 transitions of network.depths" if stages > 1 else ""
+            )
+            raise ValueError(
+                f"network.head_pool must be an integer in [1, {side}] (at most the side {side} of the final state: {where}); "
+                f"got {head_pool}"
+            )
+    return head_pool
 
 
 def stage_depths(network: Any) -> list[int]:

@@ -1,7 +1,7 @@
 """The layer-parallel network against its serial twin under mpiexec at 1, 2, 3 and 4 ranks.
 
-One launch per rank count runs ``tests/mpi/layer_parallel.py``; depths 13 and
-37 do not divide evenly over 2, 3 or 4 ranks.
+One launch per rank count runs ``tests/mpi/layer_parallel.py``; depths 7, 13
+and 37 do not divide evenly over 2, 3 or 4 ranks.
 """
 
 import pytest
@@ -20,6 +20,7 @@ CASES = [
     "dense_N37_float32",
     "conv_N37_L3_m3_mean",
     "dense_N13_L2_m2_mean",
+    "conv_N7_L2_m2_pool2",
 ]
 
 
@@ -40,6 +41,14 @@ def test_logits_and_every_gradient_match_serial_autograd(reports, n, case):
     if "_L1" in case:
         assert r["bitwise"], "one level is layer-serial propagation: bitwise the serial result"
         assert r["fwd_iterations"] == r["adj_iterations"] == 1
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_a_classifier_on_the_pooled_state_matches_serial_autograd_tightly(reports, n):
+    r = reports[n]["cases"]["conv_N7_L2_m2_pool2"]
+    assert r["classifier_shape"] == [3, 2 * 2 * 2], "network.head_pool = 2: width * head_pool**2 inputs"
+    assert reports[n]["cases"]["conv_N13_L3_m2"]["classifier_shape"] == [3, 3], "head_pool = 1: width inputs"
+    assert r["output"] <= 1e-12 and r["grad"] <= 1e-12 and r["input_grad"] <= 1e-12 and r["predict"] <= 1e-13
 
 
 @pytest.mark.parametrize("n", RANKS)
@@ -109,3 +118,8 @@ def test_one_coarse_pass_with_a_warm_start_takes_the_last_calls_coarse_right_han
     assert lagged["root_only"] == {"rank0_same": True, "elsewhere_none": True}, "root_only: the same on rank 0, nothing elsewhere"
     assert lagged["packed_points"] == lagged["rhs_points"] and 1 <= lagged["packed_segments"] <= n, "one stack per rank that holds some"
     assert warm == pytest.approx(reports[1]["lagged_pass"]["warm"], rel=1e-6), "the same iterates at every rank count"
+    two = lagged["two_iterations"]
+    assert all(t < 0.1 * w for t, w in zip(two, warm)), "a second iteration after the pass corrects it further"
+    assert two == pytest.approx(reports[1]["lagged_pass"]["two_iterations"], rel=1e-6), "the same iterates at every rank count"
+    # N = 37, m = 4: 9 coarse steps for the pass and 9 for the cycle, 28 F-point steps and 9 probes per iteration.
+    assert lagged["two_iterations_steps"] == 9 + 2 * (28 + 9) + 9, "no coarse step made twice (the chain gives the right-hand side)"

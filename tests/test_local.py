@@ -195,6 +195,29 @@ def test_mlp_heads_are_auxiliary_only_and_drawn_from_their_own_streams():
     assert logits.shape == (5, 3)
 
 
+@pytest.mark.parametrize("head_hidden", [0, 5])
+def test_every_head_reads_the_state_pooled_to_head_pool(head_hidden):
+    conv = {"network.kind": "conv", "network.in_channels": 1, "network.image_size": 4, "network.width": 2, "network.head_pool": 2}
+    train_keys = {"train.strategy": "local", "train.blocks": 3, "train.head_hidden": head_hidden, "train.epochs": 1}
+    cfg = mr.load_config(TINY, {**conv, **train_keys, "data.n_train": 50, "data.n_val": 25})
+    trainer, data = local.prepare(cfg, None)
+    first, middle, last = trainer.blocks
+    assert isinstance(last.head, torch.nn.Linear) and last.head.weight.shape == (3, 2 * 2 * 2), "the classifier: width * 2 * 2 inputs"
+    for block in (first, middle):
+        head = block.head if head_hidden == 0 else block.head[0]
+        assert head.weight.shape == ((3, 8) if head_hidden == 0 else (5, 8)), "auxiliary heads read the pooled state too"
+    reference = ODEResNet.from_config(cfg.network, seed=cfg.train.seed)
+    state = data.val_x
+    with torch.no_grad():
+        for block in trainer.blocks:
+            state, logits, _ = block(state)
+            assert logits.shape == (25, 3)
+        assert torch.equal(logits, reference(data.val_x)), "the stack of blocks is the ODEResNet with head_pool = 2"
+    result = train(cfg, None, prepared=(trainer, data))
+    assert len(result.metrics) == 1 and len(result.summary["head_val_accuracy"]) == 3
+    assert all(0 <= a <= 1 for a in result.summary["head_val_accuracy"])
+
+
 def test_schedules_spend_the_same_budget_per_block():
     assert plan.stages("parallel", 3, 4, 2) == [((0, 1, 2), 4)]
     assert plan.stages("sequential", 3, 4, 2) == [((0,), 4), ((1,), 4), ((2,), 4)]

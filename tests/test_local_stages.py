@@ -147,6 +147,26 @@ def test_the_stack_of_blocks_is_the_staged_resnet_and_its_checkpoint_loads_into_
     assert summary["owned_layers"] == [[[0, 3], [0, 2], [0, 3]]]
 
 
+@pytest.mark.parametrize("head_hidden", [0, 4])
+def test_the_heads_of_every_stage_pool_to_head_pool(head_hidden):
+    train_keys = {"train.strategy": "local", "train.blocks": 5, "train.head_hidden": head_hidden}
+    cfg = mr.load_config(TINY, {**STAGED, "network.head_pool": 2, **train_keys})
+    trainer, data = local.prepare(cfg, None)
+    reference = serial_from_config(cfg.network, seed=cfg.train.seed)
+    blocks = trainer.blocks
+    assert [spec.image_size for spec in trainer.staged.specs] == [6, 3, 2] and all(spec.head_pool == 2 for spec in trainer.staged.specs)
+    for block in blocks[:-1]:  # stages of 2, 2, 3 and 4 channels: each head reads its channels pooled to 2x2
+        head = block.head if head_hidden == 0 else block.head[0]
+        assert head.weight.shape == ((3,) if head_hidden == 0 else (4,)) + (block.spec.width * 4,)
+    assert blocks[-1].head is trainer.staged.closing and blocks[-1].head[2].weight.shape == (3, 4 * 4), "the closing's classifier"
+    state = data.val_x
+    with torch.no_grad():
+        for block in blocks:
+            state, logits, _ = block(state)
+            assert logits.shape == (len(data.val_y), 3)
+        assert torch.equal(logits, reference(data.val_x)), "bitwise the serial network of stages with head_pool = 2"
+
+
 def test_a_transition_learns_from_the_block_it_leads_only():
     cfg = config(strategy="local", blocks=5, optimizer="sgd", lr=0.5)
     trainer, data = local.prepare(cfg, None)

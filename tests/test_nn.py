@@ -249,3 +249,91 @@ def test_coarse_weights_is_a_network_key_that_only_the_layer_parallel_network_re
         LayerParallel(tiny(), coarse_weights="average")
     with pytest.raises(ValueError, match="network.coarse_weights"):
         mr.load_config(overrides={"network.coarse_weights": "last"})
+
+
+# ---------------------------------------------------------------------- network.head_pool
+def conv_tiny(**kw):
+    return tiny(**dict(dict(kind="conv", in_channels=1, image_size=5, width=3), **kw))
+
+
+def test_head_pool_1_is_global_average_pooling_bitwise():
+    from mgrit_resnet.nn.layers import _ROLE_CLASSIFIER, _uniform_init, classify
+
+    spec = conv_tiny()
+    assert spec.head_pool == 1 and spec == conv_tiny(head_pool=1)
+    net = ODEResNet(spec, seed=2)
+    assert net.classifier.weight.shape == (2, 3) and net.classifier.bias.shape == (2,), "width inputs, as before head_pool"
+    weight, bias = _uniform_init(2, _ROLE_CLASSIFIER, 0, (2, 3), (2,), 3)  # the seeded draw with fan_in = width
+    assert torch.equal(net.classifier.weight, weight) and torch.equal(net.classifier.bias, bias)
+    state = net.states(torch.randn(4, 1, 5, 5, dtype=torch.float64))[-1].detach()
+    a, b = state.clone().requires_grad_(), state.clone().requires_grad_()
+    pooled, plain = classify(spec, net.classifier, a), net.classifier(b.mean(dim=(2, 3)))
+    assert torch.equal(pooled, plain), "the logits of state.mean(dim=(2, 3)) through the Linear, bitwise"
+    g = torch.randn_like(plain)
+    pooled.backward(g)
+    plain.backward(g)
+    assert torch.equal(a.grad, b.grad), "and its adjoint"
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_head_pool_k_pools_the_final_state_to_k_by_k_before_the_classifier(k):
+    spec = conv_tiny(head_pool=k)
+    net = ODEResNet(spec, seed=2)
+    assert net.classifier.weight.shape == (2, 3 * k * k)
+    assert float(net.classifier.weight.detach().abs().max()) <= 1 / (3 * k * k) ** 0.5, "drawn with fan_in = width * head_pool**2"
+    assert torch.equal(net.layers[0].weight, ODEResNet(conv_tiny(), seed=2).layers[0].weight), "the layers do not change"
+    x = torch.randn(4, 1, 5, 5, dtype=torch.float64)
+    state = net.states(x)[-1]
+    # adaptive average pooling by hand: cell i covers rows floor(i * 5 / k) to ceil((i + 1) * 5 / k), the same for columns
+    edges = [(i * 5 // k, -(-(i + 1) * 5 // k)) for i in range(k)]
+    cells = torch.stack([torch.stack([state[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for c0, c1 in edges], -1) for r0, r1 in edges], -2)
+    torch.testing.assert_close(cells, torch.nn.functional.adaptive_avg_pool2d(state, k), rtol=0, atol=1e-15)
+    expected = cells.flatten(1) @ net.classifier.weight.T + net.classifier.bias
+    torch.testing.assert_close(net(x), expected, rtol=1e-13, atol=1e-15)
+
+
+def test_head_pool_layer_parallel_at_two_ranks():
+    spec = conv_tiny(depth=7, image_size=6, width=2, head_pool=2)
+    net = ODEResNet(spec, seed=3)
+    x, y = torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+
+    def program(backend):
+        par = LayerParallel(spec, comm=backend, levels=2, coarsening=2, tol=1e-13, seed=3)
+        logits = par(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        return logits.detach(), par.full_grad_dict()
+
+    for logits, grads in ThreadWorld(2).run(program):
+        torch.testing.assert_close(logits, net(x).detach(), rtol=1e-12, atol=0)
+        assert grads["classifier.weight"].shape == (2, 8)
+        for key, p in net.named_parameters():
+            torch.testing.assert_close(grads[key], p.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(kind="dense", head_pool=2), r"network.head_pool = 2 but network.kind = 'dense': network.head_pool applies to conv "
+         r"networks only .*a dense network takes network.head_pool = 1"),
+        (dict(kind="conv", head_pool=0), r"network.head_pool must be an integer >= 1; got 0"),
+        (dict(kind="conv", image_size=5, head_pool=6), r"network.head_pool must be an integer in \[1, 5\] \(at most the side 5 of the "
+         r"final state: network.image_size = 5\); got 6"),
+    ],
+)  # fmt: skip
+def test_bad_head_pool(options, message):
+    with pytest.raises(ValueError, match=message):
+        conv_tiny(**options)
+    with pytest.raises(ValueError, match=message):  # a ConfigError, at load time
+        mr.load_config(None, {f"network.{key}": value for key, value in options.items()})
+
+
+def test_head_pool_is_not_read_by_a_user_network():
+    from mgrit_resnet.nn import serial_from_config
+
+    overrides = {"network.kind": "module", "network.module": "examples/user_block.py:build", "network.depth": 2}
+    cfg = mr.load_config(None, {**overrides, "network.head_pool": 99})
+    assert cfg.network.head_pool == 99, "like every built-in-only key, it is not checked"
+    built, plain = serial_from_config(cfg.network, seed=1), serial_from_config(mr.load_config(None, overrides).network, seed=1)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(built(x), plain(x)), "nor read: the user's closing is the closing"

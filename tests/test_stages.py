@@ -318,3 +318,40 @@ def test_training_checks_every_stage():
     with pytest.raises(ValueError, match=r"train.blocks = 0 \(one block per rank: 2\) cannot cut network.depths = \[5, 4, 5\]"):
         check(local, 2)
     check(local.with_overrides({"train.blocks": 3}), 2)
+
+
+def test_builtin_stages_pool_the_closing_to_head_pool():
+    from mgrit_resnet.config import ConfigError
+    from mgrit_resnet.nn.configured import builtin_staged_parts
+
+    plain = serial_from_config(mr.load_config(None, STAGED).network, seed=2)
+    cfg = mr.load_config(None, {**STAGED, "network.head_pool": 2})  # sides 6, 3, 2: the final state is 2x2
+    net = serial_from_config(cfg.network, seed=2)
+    assert list(net.state_dict()) == list(plain.state_dict()), "the same keys: closing.2 is the classifier"
+    assert net.closing[2].weight.shape == (3, 4 * 2 * 2) and plain.closing[2].weight.shape == (3, 4)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in net.state_dict().items() if not k.startswith("closing."))
+    x = torch.randn(4, 1, 6, 6, dtype=F64)
+    finals = []
+    for model in (net, plain):
+        model.closing.register_forward_pre_hook(lambda module, args: finals.append(args[0]))
+    out, out_plain = net(x), plain(x)
+    assert finals[0].shape == (4, 4, 2, 2) and torch.equal(finals[0], finals[1]), "only the closing differs"
+    linear = net.closing[2]
+    expected = nn.functional.adaptive_avg_pool2d(finals[0], 2).flatten(1) @ linear.weight.T + linear.bias
+    torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-15)
+    global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), plain.closing[2])
+    assert torch.equal(out_plain, global_pool(finals[1])), "head_pool = 1: global average pooling, bitwise as before"
+
+    def program(backend):
+        par = parallel_from_config(cfg.network, {"levels": 2, "tol": 1e-13}, comm=backend, seed=2)
+        return par(x).detach()
+
+    for logits in ThreadWorld(2).run(program):
+        torch.testing.assert_close(logits, out.detach(), rtol=1e-12, atol=0)
+    side = r"\(at most the side 2 of the final state: network.image_size = 6, halved \(rounding up\) by the 2 stride-2 transitions"
+    with pytest.raises(ConfigError, match=r"network.head_pool must be an integer in \[1, 2\] " + side + r" of network.depths\); got 3"):
+        mr.load_config(None, {**STAGED, "network.head_pool": 3})
+    with pytest.raises(ValueError, match=r"network.head_pool must be an integer in \[1, 4\] .*; got 5"):  # not through load_config
+        builtin_staged_parts({**cfg.network.as_dict(), "image_size": 7, "depths": [5, 5], "widths": [2, 3], "head_pool": 5}, seed=0)
+    with pytest.raises(ValueError, match=r"network.head_pool = 2 but network.kind = 'dense': network.head_pool applies to conv networks"):
+        mr.load_config(None, {**STAGED, "network.kind": "dense", "network.head_pool": 2})

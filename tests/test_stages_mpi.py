@@ -32,7 +32,7 @@ from mgrit_resnet.hierarchy import Hierarchy
 
 pytestmark = pytest.mark.mpi
 RANKS = [1, 2, 3, 4]
-CASES = ["user_L1", "user_L2_m2", "mixed_L3_m2", "mixed_L2_m4", "builtin_L1", "builtin_L3_m2_F"]
+CASES = ["user_L1", "user_L2_m2", "mixed_L3_m2", "mixed_L2_m4", "builtin_L1", "builtin_L3_m2_F", "config_pool2_L2_m2"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_staged_networks_match_the_serial_twin(reports, n, case):
     assert r["converged"]
     assert r["output"] <= 1e-10 and r["input_grad"] <= 1e-10 and r["grad"] <= 1e-10 and r["transition_grad"] <= 1e-10
     assert r["predict"] <= 1e-12
-    assert r["stage_count"] == (2 if case.startswith("user") else 3)
+    assert r["stage_count"] == (2 if case.startswith(("user", "config")) else 3)
     if "_L1" in case:
         assert r["bitwise"], "one level is layer-serial propagation: bitwise the serial result"
         assert r["fwd_iterations"] == r["adj_iterations"] == 1
@@ -71,6 +71,13 @@ def test_every_rank_holds_its_share_of_every_stage(reports, n, case):
         blocks = [ranks_ranges[s] for ranks_ranges in r["owned_layers"]]  # rank order
         assert blocks[0][0] == 0 and blocks[-1][1] == depth and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
         assert all(stop - start >= 1 for start, stop in blocks), "every rank holds layers of every stage"
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_builtin_stages_with_a_pooled_closing(reports, n):
+    r = reports[n]["cases"]["config_pool2_L2_m2"]
+    assert r["closing_shape"] == [3, 4 * 2 * 2], "network.head_pool = 2: widths[-1] * head_pool**2 inputs"
+    assert r["output"] <= 1e-12 and r["grad"] <= 1e-12 and r["input_grad"] <= 1e-12
 
 
 @pytest.mark.parametrize("n", RANKS)

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .. import comm as comm_module
+from ..config import check_head_pool
 from ..mgrit import options_from_config
 from .layers import device_named, staged_modules
 from .parallel import LayerParallel
@@ -61,13 +62,23 @@ def builtin_staged_parts(values: dict[str, Any], seed: int, local_rank: int = 0)
 
     Stage ``s``: ``depths[s]`` layers of ``widths[s]`` channels (conv) or features
     (dense), final time ``network.t_final``; the opening, transitions and
-    closing of :func:`~mgrit_resnet.nn.layers.staged_modules`, drawn from ``seed``.
+    closing of :func:`~mgrit_resnet.nn.layers.staged_modules`, drawn from ``seed``;
+    a conv closing pools the final state to ``network.head_pool x head_pool``.
+
+    Raises
+    ------
+    ValueError
+        ``network.head_pool`` does not fit (:func:`~mgrit_resnet.config.check_head_pool`):
+        not 1 for dense, larger than the final state's side for conv.
     """
     kind, widths = values["kind"], values["widths"]
     dtype, device = DTYPES[values.get("dtype", "float32")], device_named(values.get("device", "cpu"), local_rank)
     activation, t_final = values.get("activation", "tanh"), values.get("t_final", 1.0)
     stages = [Stage(d, t_final, kind=kind, width=w, activation=activation) for d, w in zip(values["depths"], widths)]
     in_size = values.get("in_features", 2) if kind == "dense" else values.get("in_channels", 1)
-    opening, transitions, closing = staged_modules(kind, in_size, widths, activation, values.get("n_classes", 5), seed, dtype, device)
-    shape = (in_size,) if kind == "dense" else (in_size, values.get("image_size", 8), values.get("image_size", 8))
+    side = values.get("image_size", 8)
+    head_pool = check_head_pool(kind, values.get("head_pool", 1), side, len(widths))
+    n_classes = values.get("n_classes", 5)
+    opening, transitions, closing = staged_modules(kind, in_size, widths, activation, n_classes, seed, dtype, device, head_pool)
+    shape = (in_size,) if kind == "dense" else (in_size, side, side)
     return dict(stages=stages, transitions=transitions, opening=opening, closing=closing, input_shape=shape, device=device, dtype=dtype)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .activations import ACTIVATIONS, Activation
@@ -63,18 +64,65 @@ def make_opening(spec: NetworkSpec, seed: int, device: torch.device) -> nn.Modul
 def make_classifier(spec: NetworkSpec, seed: int, device: torch.device, head: int | None = None, hidden: int = 0) -> nn.Module:
     """The linear classifier on the (pooled) final state; ``head=k`` draws auxiliary head ``k`` from its own stream.
 
-    An auxiliary head with ``hidden > 0`` is a small MLP instead: linear to
-    ``hidden`` features, the network's activation, linear to the classes.
+    It reads :func:`head_features` features: ``width`` (dense), ``width * head_pool**2``
+    (conv, the state pooled by :func:`pool_for_head`). An auxiliary head with
+    ``hidden > 0`` is a small MLP instead: linear to ``hidden`` features, the
+    network's activation, linear to the classes.
     """
+    features = head_features(spec.width, spec.head_pool)
     if head is not None and hidden > 0:
-        first, last = nn.Linear(spec.width, hidden), nn.Linear(hidden, spec.n_classes)
-        _set(first, seed, _ROLE_HEAD, spec.width, spec, device, head)
+        first, last = nn.Linear(features, hidden), nn.Linear(hidden, spec.n_classes)
+        _set(first, seed, _ROLE_HEAD, features, spec, device, head)
         _set(last, seed, _ROLE_HEAD_OUTPUT, hidden, spec, device, head)
         return nn.Sequential(first, _ActivationModule(spec.act), last)
-    module = nn.Linear(spec.width, spec.n_classes)
+    module = nn.Linear(features, spec.n_classes)
     role, index = (_ROLE_CLASSIFIER, 0) if head is None else (_ROLE_HEAD, head)
-    _set(module, seed, role, spec.width, spec, device, index)
+    _set(module, seed, role, features, spec, device, index)
     return module
+
+
+def head_features(width: int, head_pool: int = 1) -> int:
+    """The number of features a classifier head reads: the ``width`` channels pooled to ``head_pool x head_pool`` each."""
+    return width * head_pool * head_pool
+
+
+def pool_state(state: torch.Tensor, head_pool: int) -> torch.Tensor:
+    """A conv state ``(batch, C, H, W)`` average-pooled to ``(batch, C, head_pool, head_pool)`` for a classifier head.
+
+    ``head_pool > 1``: :func:`torch.nn.functional.adaptive_avg_pool2d`. 1: global
+    average pooling, ``state.mean(dim=(2, 3))`` (kept as one ``1 x 1`` cell), the
+    arithmetic of ``nn.AdaptiveAvgPool2d(1)`` and of every network built before
+    ``network.head_pool``, bitwise.
+    """
+    if head_pool == 1:
+        return state.mean(dim=(2, 3), keepdim=True)
+    return F.adaptive_avg_pool2d(state, head_pool)
+
+
+def pool_for_head(state: torch.Tensor, head_pool: int) -> torch.Tensor:
+    """:func:`pool_state` flattened: the input ``(batch, C * head_pool**2)`` of a head on a conv state."""
+    return torch.flatten(pool_state(state, head_pool), 1)
+
+
+class HeadPool(nn.Module):
+    """:func:`pool_state` as a module (the first module of the closing of a built-in conv network of stages).
+
+    Parameters
+    ----------
+    head_pool
+        The side of the pooled state, ``network.head_pool``.
+    """
+
+    def __init__(self, head_pool: int) -> None:
+        super().__init__()
+        self.head_pool = head_pool
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """``state`` average-pooled to ``head_pool x head_pool``."""
+        return pool_state(state, self.head_pool)
+
+    def extra_repr(self) -> str:
+        return f"head_pool={self.head_pool}"
 
 
 class _ActivationModule(nn.Module):
@@ -94,23 +142,33 @@ def open_state(spec: NetworkSpec, opening: nn.Module, x: torch.Tensor) -> torch.
 
 
 def classify(spec: NetworkSpec, classifier: nn.Module, state: torch.Tensor) -> torch.Tensor:
-    """Logits from the final state (global average pooling first for conv)."""
+    """Logits from the final state (conv: pooled to ``spec.head_pool x spec.head_pool`` first, :func:`pool_for_head`)."""
     if spec.kind == "conv":
-        state = state.mean(dim=(2, 3))
+        state = pool_for_head(state, spec.head_pool)
     return classifier(state)
 
 
 def staged_modules(
-    kind: str, in_size: int, widths: list[int], activation: str, n_classes: int, seed: int, dtype: torch.dtype, device: torch.device
+    kind: str,
+    in_size: int,
+    widths: list[int],
+    activation: str,
+    n_classes: int,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    head_pool: int = 1,
 ) -> tuple[nn.Module, list[nn.Module], nn.Module]:
     """The opening, the transitions and the closing of a built-in network of stages of ``widths``.
 
     conv: the opening a 3x3 convolution from ``in_size`` channels, transition
     ``s`` a 3x3 convolution with stride 2 from ``widths[s]`` to ``widths[s + 1]``
     channels (it halves the resolution), each followed by the activation; the
-    closing global average pooling and a linear classifier. dense: linear maps
-    instead of the convolutions, no pooling. Drawn from ``(seed, role, index)``
-    streams as the one-stage network's opening and classifier are.
+    closing average pooling to ``head_pool x head_pool`` (:class:`HeadPool`;
+    1: global), flattening and a linear classifier of ``widths[-1] * head_pool**2``
+    inputs. dense: linear maps instead of the convolutions, no pooling
+    (``head_pool`` must be 1). Drawn from ``(seed, role, index)`` streams as the
+    one-stage network's opening and classifier are.
     """
 
     def seeded(module: nn.Module, role: int, index: int, fan_in: int) -> nn.Module:
@@ -130,8 +188,9 @@ def staged_modules(
 
     opening = layer(in_size, widths[0], _ROLE_OPENING, 0)
     transitions = [layer(widths[s], widths[s + 1], _ROLE_TRANSITION, s, stride=2) for s in range(len(widths) - 1)]
-    classifier = seeded(nn.Linear(widths[-1], n_classes), _ROLE_CLASSIFIER, 0, widths[-1])
-    closing = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier) if kind == "conv" else nn.Sequential(classifier)
+    features = head_features(widths[-1], head_pool)
+    classifier = seeded(nn.Linear(features, n_classes), _ROLE_CLASSIFIER, 0, features)
+    closing = nn.Sequential(HeadPool(head_pool), nn.Flatten(), classifier) if kind == "conv" else nn.Sequential(classifier)
     return opening, transitions, closing
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_float, check_int
-from ..config import DEVICES, NETWORK_KINDS
+from ..config import DEVICES, NETWORK_KINDS, check_head_pool
 from ..config import DTYPES as DTYPE_NAMES
 from .activations import ACTIVATIONS, Activation
 from .ops import ConvOps, DenseOps
@@ -46,6 +46,13 @@ class NetworkSpec:
         Dense width, or number of channels of the convolutional layers.
     depth
         Number of residual layers ``N``; each is a step of ``h = t_final / N``.
+    head_pool
+        conv: the classifier reads the final state average-pooled to
+        ``head_pool x head_pool`` (``torch.nn.functional.adaptive_avg_pool2d``)
+        and flattened, ``width * head_pool**2`` features; 1 (the default) is
+        global average pooling. At most ``image_size``; a dense network takes 1.
+
+    The other fields are the ``[network]`` keys of the same names (see the config reference).
     """
 
     kind: str = "dense"
@@ -59,6 +66,7 @@ class NetworkSpec:
     n_classes: int = 5
     dtype: str = "float32"
     device: str = "cpu"
+    head_pool: int = 1
 
     def __post_init__(self) -> None:
         check_choice("network.kind", self.kind, NETWORK_KINDS)
@@ -75,6 +83,7 @@ class NetworkSpec:
         check_choice("network.activation", self.activation, tuple(ACTIVATIONS))
         check_choice("network.dtype", self.dtype, DTYPE_NAMES)
         check_choice("network.device", self.device, DEVICES)
+        check_head_pool(self.kind, self.head_pool, self.image_size)
 
     @classmethod
     def from_config(cls, section: Any) -> NetworkSpec:

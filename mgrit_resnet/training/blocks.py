@@ -184,6 +184,8 @@ class StagedPieces:
     :func:`~mgrit_resnet.nn.configured.builtin_staged_parts` (so those of
     ``StagedResNet`` with the same seed; small, built on every rank), the
     stages as :class:`NetworkSpec`, and the shape of one state of every stage.
+    A conv stage's spec has the side of its states as ``image_size`` and
+    ``network.head_pool``, so its auxiliary heads pool as the closing does.
 
     Parameters
     ----------
@@ -199,8 +201,6 @@ class StagedPieces:
         values = network.as_dict() if hasattr(network, "as_dict") else dict(network)
         parts = builtin_staged_parts(values, seed, local_rank)
         self.device, self.dtype = parts["device"], parts["dtype"]
-        n_classes = values.get("n_classes", 5)
-        self.specs = [replace(stage.spec(self.dtype, self.device), n_classes=n_classes) for stage in parts["stages"]]
         self.opening, self.transitions, self.closing = parts["opening"], parts["transitions"], parts["closing"]
         with torch.no_grad():  # one sample through the opening and the transitions: every stage's state shape
             state = self.opening(torch.zeros((1, *parts["input_shape"]), dtype=self.dtype, device=self.device))
@@ -209,6 +209,11 @@ class StagedPieces:
                 state = transition(state)
                 shapes.append(tuple(state.shape[1:]))
         self.state_shapes = shapes
+        n_classes, head_pool = values.get("n_classes", 5), values.get("head_pool", 1)
+        self.specs = []
+        for stage, shape in zip(parts["stages"], shapes):
+            spec = replace(stage.spec(self.dtype, self.device), n_classes=n_classes)
+            self.specs.append(replace(spec, image_size=shape[-1], head_pool=head_pool) if spec.kind == "conv" else spec)
 
     @property
     def depths(self) -> list[int]:

@@ -44,6 +44,8 @@ CASES = {
     # Mean coarse weights; 37 layers: the adjoint's coarse intervals, counted from layer N, are not the forward's.
     "conv_N37_L3_m3_mean": (conv(depth=37), dict(levels=3, coarsening=3, tol=1e-13, coarse_weights="mean")),
     "dense_N13_L2_m2_mean": (dense(depth=13), dict(levels=2, coarsening=2, tol=1e-13, coarse_weights="mean")),
+    # The classifier on the final state pooled to 2x2 (network.head_pool): 2 * 4 inputs; 7 layers do not divide over 2, 3 or 4 ranks.
+    "conv_N7_L2_m2_pool2": (conv(depth=7, width=2, image_size=6, head_pool=2), dict(levels=2, coarsening=2, tol=1e-13)),
 }
 
 
@@ -85,6 +87,7 @@ def compare(spec, options, seed=5):
         ),
         "same_keys": list(grads) == list(serial),
         "same_init": all(torch.equal(params[k], v) for k, v in net.state_dict().items()),
+        "classifier_shape": list(params["classifier.weight"].shape),
         "fwd_iterations": par.stats.forward["iterations"],
         "adj_iterations": par.stats.adjoint["iterations"],
         "fwd_converged": par.stats.forward["converged"],
@@ -202,6 +205,17 @@ report["lagged_pass"] = {
     "packed_equal": same, "root_only": root_only,
     "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
 }  # fmt: skip
+# Two iterations per solve: the cycle after the pass takes its right-hand side from the chain the pass left.
+par = LayerParallel(
+    spec_lag, comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=2, bwd_iters=2,
+    warm_start=True, track_grad_error=True, coarse_weights="mean",
+)  # fmt: skip
+two = []
+for _ in range(3):
+    torch.nn.functional.cross_entropy(par(x, key="a"), y).backward()
+    two.append(par.stats.grad_error)
+report["lagged_pass"]["two_iterations"] = two
+report["lagged_pass"]["two_iterations_steps"] = sum(par.stats.forward["steps_per_rank"])
 
 # Two calls before one backward: each call's solves keep what its own backward needs (the solvers reuse their channels).
 spec = dense(depth=13)

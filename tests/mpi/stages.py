@@ -15,7 +15,7 @@ from mpi4py import MPI
 from torch import nn
 
 import mgrit_resnet as mr
-from mgrit_resnet.nn import Stage, StagedParallel, StagedResNet
+from mgrit_resnet.nn import Stage, StagedParallel, StagedResNet, parallel_from_config, serial_from_config
 
 comm = MPI.COMM_WORLD
 mr.comm.install_abort_on_error(comm)
@@ -82,7 +82,10 @@ CASES = {
     "mixed_L2_m4": ("mixed", dict(levels=2, coarsening=4, tol=1e-13)),
     "builtin_L1": ("builtin", dict(levels=1)),
     "builtin_L3_m2_F": ("builtin", dict(levels=3, coarsening=2, cycle="F", tol=1e-13)),
+    "config_pool2_L2_m2": ("config", dict(levels=2, coarsening=2, tol=1e-13)),
 }
+#: Built-in stages from a [network] table: 3 then 4 channels at 4x4 and 2x2, the closing on the final state pooled to 2x2.
+CONFIG = dict(kind="conv", in_channels=1, image_size=4, depths=[7, 9], widths=[3, 4], n_classes=3, dtype="float64", head_pool=2)
 
 
 def batch(seed=1, n=3):
@@ -97,6 +100,8 @@ def rel(a, b):
 
 
 def network(name, parallel, **options):
+    if name == "config":
+        return parallel_from_config(CONFIG, options, comm=comm, seed=5) if parallel else serial_from_config(CONFIG, seed=5)
     stages, transitions, opening, closing = parts(name)
     kw = dict(opening=opening, closing=closing, seed=5, input_shape=(1, 4, 4))
     return StagedParallel(stages, transitions, comm=comm, **kw, **options) if parallel else StagedResNet(stages, transitions, **kw)
@@ -132,6 +137,7 @@ def compare(name, options):
         "predict": rel(par.predict(x), out_s),
         "owned_layers": comm.allgather([[r.start, r.stop] for r in par.owned_layers]),
         "depths": par.depths,
+        "closing_shape": list(params[next(k for k in params if k.startswith("closing.") and k.endswith(".weight"))].shape),
     }
 
 
