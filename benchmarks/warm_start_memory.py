@@ -8,7 +8,9 @@ F-point, so only the fine level's C-points are kept
 (``relax_warm_start = false``) a warm start needs every state. This script runs
 ``--batches`` one-shot steps of the config's network both ways, side by side,
 and prints the bytes per batch each keeps on every rank, their ratio, and what
-a whole epoch would keep (the data set's batch count).
+a whole epoch would keep (the data set's batch count). Both run without
+``mgrit.skip_first_down`` whatever the config says: with it a solve keeps one
+coarse right-hand side per C-point instead of any state, the same either way.
 
 Usage::
 
@@ -34,7 +36,7 @@ from mgrit_resnet.studies.perfmodel import training_batch
 def held_per_batch(cfg: Any, comm: Any, batches: int, relax_warm_start: bool) -> int:
     """Bytes of warm starts this rank keeps per batch after ``batches`` one-shot steps."""
     t = cfg.train
-    options = {**cfg.mgrit.as_dict(), "relax_warm_start": relax_warm_start}
+    options = {**cfg.mgrit.as_dict(), "relax_warm_start": relax_warm_start, "skip_first_down": False}
     par = LayerParallel.from_config(cfg.network, options, comm=comm, seed=0, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=True)
     for key in range(batches):
         x, y = training_batch(cfg, seed=key)

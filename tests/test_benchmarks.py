@@ -125,6 +125,8 @@ def test_warm_start_memory_counts_the_c_points(capsys):
     assert figures["kept_bytes_per_batch"] == [2 * 7 * 800] and figures["every_state_bytes_per_batch"] == [2 * 14 * 800]
     assert figures["ratio"] == 2.0 and figures["epoch_batches"] == 8
     assert "ratio 2.00" in capsys.readouterr().out
+    lagged = load(WARM).main([str(ROOT / "examples" / "tiny_train.toml"), "--batches", "2", "--set", "mgrit.skip_first_down=true"])
+    assert lagged["kept_bytes_per_batch"] == figures["kept_bytes_per_batch"], "the states of a plain warm start, whatever the config"
 
 
 @pytest.mark.mpi
