@@ -115,7 +115,9 @@ def test_one_coarse_pass_with_a_warm_start_takes_the_last_calls_coarse_right_han
     assert lagged["rhs_points"] == list(range(4, 37, 4)), "kept at the C-points of the first coarse level (the point 0 has none)"
     assert lagged["forward_states"] == 0, "no fine state is kept: the pass reads none"
     assert lagged["packed_equal"], "the packed trajectories hold the same states"
-    assert lagged["root_only"] == {"rank0_same": True, "elsewhere_none": True}, "root_only: the same on rank 0, nothing elsewhere"
+    assert lagged["root_only"] == {
+        "rank0_same": True, "elsewhere_none": True, "state_rank0_same": True, "state_elsewhere_none": True,
+    }, "root_only: the same warm starts and network on rank 0, nothing elsewhere"  # fmt: skip
     assert lagged["packed_points"] == lagged["rhs_points"] and 1 <= lagged["packed_segments"] <= n, "one stack per rank that holds some"
     assert warm == pytest.approx(reports[1]["lagged_pass"]["warm"], rel=1e-6), "the same iterates at every rank count"
     two = lagged["two_iterations"]

@@ -247,6 +247,7 @@ def test_every_rank_count_gives_the_one_process_result(by_ranks, schedule):
         owned = got["summary"]["owned_blocks"]
         assert got["summary"]["ranks"] == n and len(owned) == n and owned[0][0] == 0 and owned[-1][1] == 4
         assert got["summary"]["head_val_accuracy"] == reference.summary["head_val_accuracy"]
+        assert got["root_only"] == [True] * n, "root_only: the network and heads on rank 0, None elsewhere"
         for key, value in {**network, **heads}.items():
             assert torch.equal({**got["network"], **got["heads"]}[key], value), f"{n} ranks: {key}"
 

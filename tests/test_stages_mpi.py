@@ -83,6 +83,7 @@ def test_builtin_stages_with_a_pooled_closing(reports, n):
 @pytest.mark.parametrize("n", RANKS)
 def test_a_whole_state_dict_loads_at_any_rank_count(reports, n):
     assert reports[n]["reload"]["state"]
+    assert reports[n]["reload"]["root_only"] == [True] * n, "root_only: the whole state dict on rank 0, None elsewhere"
     assert reports[n]["reload"]["logits"] <= 1e-10
 
 

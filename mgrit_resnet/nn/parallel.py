@@ -393,15 +393,18 @@ class LayerParallel(nn.Module):
         return solves.steps.fetch(self.backend, solves.foreign, solves.layer_bounds, own, self.device)
 
     # ------------------------------------------------------------------ whole-model views
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: the whole network's parameters (and buffers) on every rank (CPU), keyed as ``ODEResNet.state_dict()``."""
-        return self._gather_full(grads=False)
+    def full_state_dict(self, root_only: bool = False) -> dict[str, torch.Tensor] | None:
+        """Collective: the whole network's parameters (and buffers) on every rank (CPU), keyed as ``ODEResNet.state_dict()``.
+
+        ``root_only``: gathered on rank 0 alone (the others get ``None``), as a checkpoint needs them.
+        """
+        return self._gather_full(grads=False, root_only=root_only)
 
     def full_grad_dict(self) -> dict[str, torch.Tensor | None]:
         """Collective: the gradients after ``backward``, keyed as :meth:`full_state_dict` (its parameters: buffers have none)."""
         return self._gather_full(grads=True)
 
-    def _gather_full(self, grads: bool) -> dict[str, Any]:
+    def _gather_full(self, grads: bool, root_only: bool = False) -> dict[str, Any] | None:
         def view(module: nn.Module, prefix: str) -> dict[str, Any]:
             items = module.named_parameters() if grads else module.state_dict(keep_vars=True).items()
             picked = ((k, t.grad if grads else t) for k, t in items)
@@ -410,9 +413,12 @@ class LayerParallel(nn.Module):
         local: dict[str, Any] = {}
         for n in self.owned_layers:
             local.update(view(self.layers[str(n)], f"layers.{n}."))
+        parts = self.backend.gather(local) if root_only else self.backend.allgather(local)
+        if parts is None:
+            return None
         opening, closing = self._ends()
         out = view(opening, "opening.")
-        for part in self.backend.allgather(local):  # in rank order, so in layer order
+        for part in parts:  # in rank order, so in layer order
             out.update(part)
         out.update(view(closing, f"{self._closing_name}."))
         return out

@@ -221,18 +221,23 @@ class StagedParallel(StagedNetwork):
         return self.stages[stage].layer_owner(layer)
 
     # ------------------------------------------------------------------ whole-model views
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: the whole network's parameters (and buffers) on every rank (CPU), keyed as ``StagedResNet.state_dict()``."""
-        return self._gather_full(grads=False)
+    def full_state_dict(self, root_only: bool = False) -> dict[str, torch.Tensor] | None:
+        """Collective: the whole network's parameters (and buffers) on every rank (CPU), keyed as ``StagedResNet.state_dict()``.
+
+        ``root_only``: gathered on rank 0 alone (the others get ``None``), as a checkpoint needs them.
+        """
+        return self._gather_full(grads=False, root_only=root_only)
 
     def full_grad_dict(self) -> dict[str, torch.Tensor | None]:
         """Collective: the gradients after ``backward``, keyed as :meth:`full_state_dict` (its parameters)."""
         return self._gather_full(grads=True)
 
-    def _gather_full(self, grads: bool) -> dict[str, Any]:
+    def _gather_full(self, grads: bool, root_only: bool = False) -> dict[str, Any] | None:
+        parts = [stage.full_grad_dict() if grads else stage.full_state_dict(root_only=root_only) for stage in self.stages]
+        if any(part is None for part in parts):  # root_only, on a rank other than 0
+            return None
         out, tail = self._ends_view(grads)
-        for s, stage in enumerate(self.stages):
-            part = stage.full_grad_dict() if grads else stage.full_state_dict()
+        for s, part in enumerate(parts):
             out.update((f"stages.{s}.{k}", v) for k, v in part.items())
         out.update(tail)
         return out

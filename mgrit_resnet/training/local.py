@@ -205,20 +205,22 @@ class LocalTrainer:
             load_portable_optimizer_state(self.optimizers[block.index], list(block.portable_parameters()), optimizers[block.index])
             self.schedules[block.index].load_state_dict(schedules[block.index])
 
-    def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Collective: the network and the auxiliary heads, on every rank.
+    def full_state(self, root_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """Collective: the network and the auxiliary heads, on every rank (``root_only``: on rank 0, ``None`` elsewhere).
 
         The network is keyed and ordered as ``ODEResNet.state_dict()``, or for a
         network of stages as ``StagedResNet.state_dict()`` (the transitions after
         the stages, though each block holds the transition it starts with).
         """
+        mine = (
+            {k: v for b in self.blocks for k, v in b.network_state().items()},
+            {k: v for b in self.blocks for k, v in b.head_state().items()},
+        )
+        parts = self.layer_backend.gather(mine) if root_only else self.layer_backend.allgather(mine)
+        if parts is None:
+            return None
         network, heads = {}, {}
-        for part_network, part_heads in self.layer_backend.allgather(
-            (
-                {k: v for b in self.blocks for k, v in b.network_state().items()},
-                {k: v for b in self.blocks for k, v in b.head_state().items()},
-            )
-        ):
+        for part_network, part_heads in parts:
             network.update(part_network)
             heads.update(part_heads)
         if self.staged is not None:
@@ -316,13 +318,15 @@ class BlockWise(Strategy):
 
         The keys do not depend on where a block runs, so any rank count loads them.
         """
-        network, heads = self.trainer.full_state()
-        optimizers, schedules = {}, {}
-        for part in self.trainer.layer_backend.allgather(self.trainer.optimizer_states()):
-            optimizers.update(part[0])
-            schedules.update(part[1])
+        whole = self.trainer.full_state(root_only=True)  # gathered on rank 0 alone, which writes the checkpoint
+        parts = self.trainer.layer_backend.gather(self.trainer.optimizer_states())
         if self.groups.rank != 0:
             return None
+        network, heads = whole
+        optimizers, schedules = {}, {}
+        for part in parts:
+            optimizers.update(part[0])
+            schedules.update(part[1])
         return {"model": network, "heads": heads, "optimizers": optimizers, "schedules": schedules}
 
     def final(self) -> tuple[float | None, float | None, dict[str, Any]]:

@@ -154,9 +154,10 @@ class TrainModel:
             "adj_residual": (s.adjoint.get("residuals") or [None])[-1],
         }
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, root_only: bool = False) -> dict[str, torch.Tensor] | None:
+        """Collective: the whole network's parameters and buffers (CPU); ``root_only``: layer-parallel ones on rank 0 alone."""
         if self.parallel:
-            return self.module.full_state_dict()
+            return self.module.full_state_dict(root_only=root_only)
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -161,9 +161,10 @@ class WholeNetwork(Strategy):
         return self.model.solver_stats()
 
     def state(self) -> dict[str, Any] | None:
-        model = self.model.full_state_dict()
-        warm = self.model.warm_state_dict(packed=True, root_only=True)  # one-shot warm starts can be GiBs: gathered when saved, on rank 0
-        parts = self.groups.world.allgather(portable_optimizer_state(self.optimizer, self.names))
+        # Only rank 0 writes: the model, the warm starts (GiBs for one-shot runs) and the optimiser state are gathered there alone.
+        model = self.model.full_state_dict(root_only=True)
+        warm = self.model.warm_state_dict(packed=True, root_only=True)
+        parts = self.groups.world.gather(portable_optimizer_state(self.optimizer, self.names))
         if self.groups.rank != 0:
             return None
         optimizer = {"state": {}, "param_groups": parts[0]["param_groups"]}

@@ -190,6 +190,11 @@ for warm in (True, False):
             )
             root_only = {"rank0_same": comm.allgather(same_on_root)[0]}
             root_only["elsewhere_none"] = all(comm.allgather(on_root is None or rank == 0))
+            full, state_on_root = par.full_state_dict(), par.full_state_dict(root_only=True)
+            same_state = state_on_root is not None and list(state_on_root) == list(full)
+            same_state = same_state and all(torch.equal(v, full[k]) for k, v in state_on_root.items())
+            root_only["state_rank0_same"] = comm.allgather(same_state)[0]
+            root_only["state_elsewhere_none"] = all(comm.allgather(state_on_root is None or rank == 0))
             rhs_points = [i for i, s in enumerate(saved["a"]["forward_rhs"]) if s is not None]
             par.load_warm_state_dict(packed)
     lagged.append(errors)

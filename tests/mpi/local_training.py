@@ -21,8 +21,16 @@ for schedule in ("parallel", "sequential", "multilap"):
     prepared = local.prepare(cfg, comm)
     result = train(cfg, comm, prepared=prepared)
     network, heads = prepared[0].full_state()
+    on_root = prepared[0].full_state(root_only=True)  # what a checkpoint takes
+    same = (
+        on_root is None
+        if comm.Get_rank()
+        else all(
+            list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want) for got, want in zip(on_root, (network, heads))
+        )
+    )
     metrics = [{k: v for k, v in r.items() if k not in TIMES} for r in result.metrics]
-    out[schedule] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads}
+    out[schedule] = {"metrics": metrics, "summary": result.summary, "network": network, "heads": heads, "root_only": comm.allgather(same)}
 # Two data groups, each holding all blocks on half the ranks and taking half of every batch.
 if comm.Get_size() % 2 == 0:
     overrides = {"train.strategy": "trgl", "train.blocks": 4, "train.local_schedule": "multilap", "train.epochs": 2, "train.tau": 0.05}

@@ -150,9 +150,15 @@ with torch.no_grad():
         p.mul_(0.5)
 par.load_full_state_dict(net.state_dict())
 x, _ = batch(seed=3)
+on_root = par.full_state_dict(root_only=True)  # what a checkpoint takes: rank 0 alone gathers the network
 report["reload"] = {
     "state": all(torch.equal(v, net.state_dict()[k]) for k, v in par.full_state_dict().items()),
     "logits": rel(par(x), net(x)),
+    "root_only": comm.allgather(
+        on_root is None
+        if rank
+        else list(on_root) == list(net.state_dict()) and all(torch.equal(v, net.state_dict()[k]) for k, v in on_root.items())
+    ),
 }
 
 # One-shot, warm-started: two steps on the same batch key.
