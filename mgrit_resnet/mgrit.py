@@ -438,7 +438,7 @@ class MGRIT:
 
     # ------------------------------------------------------------------ cycles
     def _cycle(self, index: int, kind: str, phi: list | None = None, chain: list | None = None) -> list | None:
-        """One cycle from ``level``; ``chain``: the fine level's (:meth:`_iterate`). Returns the chain after it (``None``: none)."""
+        """One cycle from level ``index``; ``chain``: the fine level's (:meth:`_iterate`). Returns the chain after it (``None``: none)."""
         level = self._levels[index]
         last = len(self._levels) - 1
         if index == last:
