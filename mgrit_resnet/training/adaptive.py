@@ -34,8 +34,10 @@ The decisions
 -------------
 * Every step: if the predicted error of the current counts is above the
   target, take at once the cheapest counts (fewest iterations ``fwd + bwd``,
-  then the smaller predicted error) predicted to meet it (the most accurate
-  counts if none does). If it is below, lower the counts only after
+  then the smaller predicted error) predicted to meet it. If none does (one
+  solve's count is fixed, or the ranges are too narrow), take the cheapest
+  counts predicted within a factor ``1 +`` :data:`WORTH` of the most accurate
+  ones' error: iterations that would buy less are not worth their cost. If it is below, lower the counts only after
   :data:`DWELL` steps without a change, to the cheapest predicted to stay under
   :data:`LOWER_MARGIN` times the target, or else move an iteration between the
   solves at equal cost where that is predicted to cut the error by that factor.
@@ -80,6 +82,8 @@ KEPT_CHECKS = 6
 RIDGE = 1e-3
 #: Cheaper counts are taken only if predicted under this fraction of the target.
 LOWER_MARGIN = 0.7
+#: When no counts are predicted to meet the target: the error above the most accurate counts' (as a fraction) not worth more iterations.
+WORTH = 0.1
 #: Steps after a change before the counts may be lowered (raising does not wait).
 DWELL = 5
 #: A prediction that moved by more than this factor since the last exact check calls for another.
@@ -312,9 +316,10 @@ class IterationController:
         options = sorted(
             (f + b, self.predict(f, b), (f, b)) for f in range(max(fl, cf - 1), fh + 1) for b in range(max(bl, cb - 1), bh + 1)
         )
-        if current > target:  # raise at once: to the cheapest counts predicted to meet the target, or the most accurate
-            good = [o for o in options if o[1] <= target]
-            chosen = good[0][2] if good else min(options, key=lambda o: (o[1], o[0], o[2]))[2]
+        if current > target:  # raise at once: to the cheapest counts predicted to meet the target, or nearly the most accurate
+            best = min(o[1] for o in options)
+            good = [o for o in options if o[1] <= target] or [o for o in options if o[1] <= (1 + WORTH) * best]
+            chosen = good[0][2]
         elif self.step - self.last_change >= DWELL:  # lower only after a while, and with a margin
             cheaper = [o for o in options if o[0] < cost and o[1] <= LOWER_MARGIN * target]
             # else move iterations between the solves at equal cost where that clearly cuts the error (a way down)
