@@ -37,7 +37,8 @@ The decisions
   then the smaller predicted error) predicted to meet it. If none does (one
   solve's count is fixed, or the ranges are too narrow), take the cheapest
   counts predicted within a factor ``1 +`` :data:`WORTH` of the most accurate
-  ones' error: iterations that would buy less are not worth their cost. If it is below, lower the counts only after
+  ones' error: iterations that would buy less are not worth their cost. If
+  the predicted error is below the target, lower the counts only after
   :data:`DWELL` steps without a change, to the cheapest predicted to stay under
   :data:`LOWER_MARGIN` times the target, or else move an iteration between the
   solves at equal cost where that is predicted to cut the error by that factor.
@@ -82,7 +83,7 @@ KEPT_CHECKS = 6
 RIDGE = 1e-3
 #: Cheaper counts are taken only if predicted under this fraction of the target.
 LOWER_MARGIN = 0.7
-#: When no counts are predicted to meet the target: the error above the most accurate counts' (as a fraction) not worth more iterations.
+#: When no counts are predicted to meet the target, the cheapest within this fraction above the most accurate counts' error are taken.
 WORTH = 0.1
 #: Steps after a change before the counts may be lowered (raising does not wait).
 DWELL = 5
