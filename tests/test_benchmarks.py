@@ -167,6 +167,28 @@ def test_adaptive_trains_auto_fixed_and_serial_and_counts_layer_steps(tmp_path, 
     assert "cheapest fixed setting within 0.5 point of serial" in printed and "auto 0.01:" in printed
 
 
+def test_adaptive_passes_every_kind_of_value_to_its_mpiexec_runs():
+    from mgrit_resnet.config import parse_value
+
+    adaptive = load(ROOT / "benchmarks" / "adaptive.py")
+    for value in (True, False, 3, 0.25, "auto", ["F", "FCF"]):
+        assert parse_value(adaptive._set_text(value)) == value
+
+
+def test_adaptive_takes_a_hierarchy_for_every_run_and_can_hold_the_adjoint(tmp_path, capsys):
+    lagged = ["mgrit.levels=2", "mgrit.relax=F", "mgrit.skip_first_down=true", "network.coarse_weights=mean"]
+    argv = ["--quick", "--cases", "digits", "--targets", "0.1", "--hold-bwd", "1", "--out", str(tmp_path / "runs")]
+    report = load(ROOT / "benchmarks" / "adaptive.py").main(argv + [a for item in lagged for a in ("--set", item)])
+    rows = report["cases"]["digits"]["rows"]
+    assert rows[-1]["setting"] == "auto 0.1" and rows[-1]["bwd_iters_mean"] == 1.0
+    config = (tmp_path / "runs" / "digits-auto_0.1" / "config.toml").read_text()
+    assert "skip_first_down = true" in config and 'coarse_weights = "mean"' in config
+    with pytest.raises(SystemExit):
+        load(ROOT / "benchmarks" / "adaptive.py").main(["--quick", "--set", "mgrit.levels=zero"])
+    err = capsys.readouterr().err
+    assert "--set: " in err and "mgrit.levels" in err, "a bad change is refused before any run, naming the key"
+
+
 @pytest.mark.mpi
 def test_fronts_marks_every_point_on_the_front_or_dominated(tmp_path):
     fronts = load(ROOT / "benchmarks" / "fronts.py")
