@@ -121,7 +121,8 @@ def test_an_exception_in_an_api_script_without_the_hook_ends_every_rank():
     proc = mpirun(2, ["python", "tests/mpi/api_raises.py", "one"], timeout=60, check=False)
     assert proc.returncode != 0
     assert "rank 1: RuntimeError: deliberate failure on rank 1\n" in proc.stderr
-    assert proc.stderr.index("rank 1: RuntimeError") < proc.stderr.index("Traceback")
+    # The abort may cut off the traceback (the hook flushes the reason first for this): one that made it out comes after it.
+    assert "Traceback" not in proc.stderr or proc.stderr.index("rank 1: RuntimeError") < proc.stderr.index("Traceback")
     assert time.monotonic() - start < 60
 
 
