@@ -317,7 +317,7 @@ class MGRIT:
 
     def _iterate(
         self, fine: _Level, warm: bool, callback: Callable[[int, float], None] | None, coarse_rhs: Sequence[Any] | None = None
-    ) -> tuple[list[float], float | None, int, bool, list | None, list | None]:
+    ) -> tuple[list[float], float | None, int, bool, list | None, Sequence[Any] | None]:
         """The iterations of a solve: residual history, initial residual, iteration count, convergence, last probe, chain.
 
         The chain is the first coarse level's right-hand side (on fine point
@@ -328,12 +328,12 @@ class MGRIT:
         initial_residual = None
         iteration = 0
         phi = None
-        chain = None
+        chain: Sequence[Any] | None = None
         skip_relax = warm and not self.relax_warm_start
         if self.skip_first_down and self.max_iter > 0:
             if coarse_rhs is not None and self.uses_coarse_rhs:
                 self._lagged_coarse_pass(fine, coarse_rhs)
-                chain = list(coarse_rhs)
+                chain = coarse_rhs  # read, never written
             else:
                 self._coarse_pass()
                 if len(self._levels) == 2:  # on more levels the first coarse level's F-points follow the coarser ones
@@ -437,7 +437,7 @@ class MGRIT:
             self._coarse_pass()
 
     # ------------------------------------------------------------------ cycles
-    def _cycle(self, index: int, kind: str, phi: list | None = None, chain: list | None = None) -> list | None:
+    def _cycle(self, index: int, kind: str, phi: list | None = None, chain: Sequence[Any] | None = None) -> Sequence[Any] | None:
         """One cycle from level ``index``; ``chain``: the fine level's (:meth:`_iterate`). Returns the chain after it (``None``: none)."""
         level = self._levels[index]
         last = len(self._levels) - 1
@@ -488,7 +488,7 @@ class MGRIT:
         coarse.u = [level.u[j * m - a] for j in coarse.own]
         coarse.g = [None if rhs[j * m - a] is None else (rhs[j * m - a], None) for j in coarse.own]
 
-    def _coarse_rhs(self, fine: _Level, phi: list | None, chain: list | None) -> list | None:
+    def _coarse_rhs(self, fine: _Level, phi: list | None, chain: Sequence[Any] | None) -> list | None:
         """The first coarse level's FAS right-hand side at the final fine states, on fine point indices.
 
         From the chain when the C-points are one (:meth:`_chain_rhs`: no coarse

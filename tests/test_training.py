@@ -282,17 +282,22 @@ def test_the_performance_model_times_the_training_loops_step(strategy):
         assert torch.equal(p, q), name
 
 
+def train_example_on_two_ranks(tmp_path, example, sets):
+    """``examples/<example>`` trained by the CLI on 2 ranks with ``sets``: its summary and its checkpoint."""
+    args = ["python", "-m", "mgrit_resnet", "train", str(ROOT / "examples" / example), "--out", str(tmp_path / "run")]
+    for s in sets:
+        args += ["--set", s]
+    mpirun(2, args, timeout=300)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    return summary, torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+
+
 @pytest.mark.mpi
 def test_the_mnist_example_trains_one_shot_on_two_ranks_with_its_pooled_head(tmp_path):
     # examples/mnist5k.toml on a few images: the classifier reads the state pooled to 4 x 4 (8 channels x 16 cells),
     # the lagged coarse pass runs on 2 ranks, the network learns (global pooling alone: about chance here).
-    args = ["python", "-m", "mgrit_resnet", "train", str(ROOT / "examples" / "mnist5k.toml"), "--out", str(tmp_path / "run")]
-    for s in ["data.n_train=500", "data.n_val=200", "train.epochs=3"]:
-        args += ["--set", s]
-    mpirun(2, args, timeout=300)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary, saved = train_example_on_two_ranks(tmp_path, "mnist5k.toml", ["data.n_train=500", "data.n_val=200", "train.epochs=3"])
     assert summary["ranks"] == 2 and summary["strategy"] == "one_shot" and summary["val_accuracy"] > 0.3  # 0.11 with head_pool = 1
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert tuple(saved["model"]["classifier.weight"].shape) == (10, 8 * 16)
     assert saved["epoch"] == 3 and all(e["forward_rhs"] is not None for e in saved["warm_start"].values())
 
@@ -300,13 +305,8 @@ def test_the_mnist_example_trains_one_shot_on_two_ranks_with_its_pooled_head(tmp
 def test_the_demo_config_trains_one_shot_on_two_ranks(tmp_path):
     # make demo's job (examples/demo.toml: a user block, the lagged coarse pass) on a few images: it runs on 2 ranks,
     # learns, and its one checkpoint (after the last epoch) carries the coarse right-hand sides that resume needs.
-    args = ["python", "-m", "mgrit_resnet", "train", str(ROOT / "examples" / "demo.toml"), "--out", str(tmp_path / "run")]
-    for s in ["data.n_train=200", "data.n_val=100", "train.epochs=2"]:
-        args += ["--set", s]
-    mpirun(2, args, timeout=300)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary, saved = train_example_on_two_ranks(tmp_path, "demo.toml", ["data.n_train=200", "data.n_val=100", "train.epochs=2"])
     assert summary["ranks"] == 2 and summary["strategy"] == "one_shot" and summary["val_accuracy"] > 0.2
     losses = [r["train_loss"] for r in metrics(tmp_path / "run")]
     assert len(losses) == 2 and losses[1] < losses[0]
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert saved["epoch"] == 2 and all(e["forward_rhs"] is not None for e in saved["warm_start"].values())

@@ -167,15 +167,19 @@ for _ in range(3):
     errors.append(par.stats.grad_error)
 report["warm_as_is"] = errors
 
+
 # One coarse pass per solve with a warm start: the pass takes the FAS right-hand side the batch's last call left
 # (parareal's lagged correction), so the calls on one batch converge; the plain pass would repeat the first error.
-spec_lag = dense(depth=37)
+def lagged_pass(iters, warm):
+    return LayerParallel(
+        dense(depth=37), comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=iters,
+        bwd_iters=iters, warm_start=warm, track_grad_error=True, coarse_weights="mean",
+    )  # fmt: skip
+
+
 lagged = []
 for warm in (True, False):
-    par = LayerParallel(
-        spec_lag, comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=1, bwd_iters=1,
-        warm_start=warm, track_grad_error=True, coarse_weights="mean",
-    )  # fmt: skip
+    par = lagged_pass(1, warm)
     errors = []
     for call in range(4):
         torch.nn.functional.cross_entropy(par(x, key="a"), y).backward()
@@ -211,10 +215,7 @@ report["lagged_pass"] = {
     "packed_segments": len(segments), "packed_points": sorted(i for held, _ in segments for i in held),
 }  # fmt: skip
 # Two iterations per solve: the cycle after the pass takes its right-hand side from the chain the pass left.
-par = LayerParallel(
-    spec_lag, comm=comm, seed=5, levels=2, coarsening=4, relax="F", skip_first_down=True, fwd_iters=2, bwd_iters=2,
-    warm_start=True, track_grad_error=True, coarse_weights="mean",
-)  # fmt: skip
+par = lagged_pass(2, True)
 two = []
 for _ in range(3):
     torch.nn.functional.cross_entropy(par(x, key="a"), y).backward()
