@@ -73,13 +73,16 @@ def test_serial_overhead_runs(tmp_path, capsys):
 def test_layer_parallel_benchmark_runs_at_one_and_two_ranks(tmp_path):
     out = tmp_path / "lp.json"
     args = ["--ranks", "1,2", "--depth", "8", "--width", "2", "--image-size", "6", "--batch", "4", "--batches", "2"]
-    args += ["--steps", "1", "--warmup", "1", "--exact-steps", "1", "--iters", "1/1", "--json", str(out)]
+    args += ["--steps", "1", "--warmup", "1", "--exact-steps", "1", "--iters", "1/1", "--rounds", "3", "--json", str(out)]
     script = str(ROOT / "benchmarks" / "layer_parallel.py")
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     assert "2-rank speedup" in proc.stdout and set(figures) >= {"runs", "targets", "best_speedup", "serial_alone"}
     assert figures["serial_alone"]["time"] > 0 and "serial check: the serial step in a plain process of its own" in proc.stdout
+    speedups = sorted(r["1/1"]["speedup"] for r in figures["rounds"])
+    assert len(speedups) == 3 and figures["best_speedup"] == speedups[1], "the table is the median round"
+    assert "1/1 over 3 rounds" in proc.stdout and proc.stderr.count("(round 3 of 3)") == 2
 
 
 @pytest.mark.mpi

@@ -337,3 +337,30 @@ def test_head_pool_is_not_read_by_a_user_network():
     built, plain = serial_from_config(cfg.network, seed=1), serial_from_config(mr.load_config(None, overrides).network, seed=1)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(built(x), plain(x)), "nor read: the user's closing is the closing"
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "smooth_relu"])
+def test_the_multilevel_adjoint_step_applies_the_step_size_once_to_the_same_values(kind, activation):
+    from mgrit_resnet.nn.propagators import BuiltinSteps
+
+    shape = dict(in_features=5, width=4) if kind == "dense" else dict(in_channels=1, image_size=6, width=3)
+    spec = NetworkSpec(kind=kind, depth=4, n_classes=3, activation=activation, dtype="float64", **shape)
+    net = ODEResNet(spec, seed=1)
+    weights = {n: (layer.weight.detach(), layer.bias.detach()) for n, layer in enumerate(net.layers)}
+    weights[(0, 2)] = weights[0]
+    x0 = torch.randn(3, *([spec.width] if kind == "dense" else [spec.width, 6, 6]), dtype=torch.float64)
+    steps = BuiltinSteps(spec, spec.fast_ops())
+    forward = steps.forward_problem(x0, weights)
+    state = x0
+    for n in range(spec.depth):
+        state = forward.step(state, n, n + 1, 0)
+    lam = torch.randn_like(state)
+    bitwise, folded = (steps.adjoint_problem(lam, forward, one_level=flag) for flag in (True, False))
+    assert bitwise.bitwise and not folded.bitwise
+    for start, stop, level in [(0, 1, 0), (1, 2, 0), (2, 4, 1)]:
+        a, b = bitwise.step(lam, start, stop, level), folded.step(lam, start, stop, level)
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-15) and not torch.equal(a - lam, torch.zeros_like(a))
+    for layer in (2, 3):  # the fine steps above went through layers 3 and 2
+        for got, expected in zip(folded.parameter_grads(layer), bitwise.parameter_grads(layer)):
+            assert torch.allclose(got, expected, rtol=1e-13, atol=1e-15) and expected.abs().max() > 0

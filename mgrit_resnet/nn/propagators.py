@@ -23,8 +23,9 @@ Both record what the gradient needs from the *last* fine-level evaluation of
 every layer (MGRIT ends each iteration with an F-relaxation and the
 C-point probe, which between them evaluate every layer at its final input):
 the forward keeps each layer's input and activation, the adjoint each layer's
-``sigma'(z) * h * lambda``, from which the parameter gradients follow without
-another pass.
+``sigma'(z) * h * lambda`` (on more than one level ``sigma'(z) * lambda``, the
+step size applied to the gradients), from which the parameter gradients follow
+without another sweep.
 """
 
 from __future__ import annotations
@@ -64,12 +65,20 @@ class ForwardProblem:
 
 
 class AdjointProblem:
-    """Adjoint propagation, backwards through the layers of a finished :class:`ForwardProblem`."""
+    """Adjoint propagation, backwards through the layers of a finished :class:`ForwardProblem`.
 
-    def __init__(self, terminal: torch.Tensor, forward: ForwardProblem):
+    With ``bitwise`` each step makes autograd's operations in autograd's order
+    (``sigma'(z) * (h * lambda)``, then ``J^T``), so that the one-level solve
+    equals autograd to the last bit. Without it the step size is applied once,
+    in the final addition: one elementwise product fewer per step, about a
+    tenth of an adjoint step; the same values up to rounding.
+    """
+
+    def __init__(self, terminal: torch.Tensor, forward: ForwardProblem, bitwise: bool = True):
         self.terminal = terminal
         self.forward = forward
         self.n_steps = forward.n_steps
+        self.bitwise = bitwise
         self.gz: dict[int, torch.Tensor] = {}
 
     def initial_value(self) -> torch.Tensor:
@@ -81,16 +90,24 @@ class AdjointProblem:
         x, saved = fwd.saved[layer]
         weight = (fwd.weights[layer] if level == 0 else fwd.weights.get((layer, layer + stop - start)) or fwd.weights[layer])[0]
         h = fwd.h if level == 0 else (stop - start) * fwd.h
-        gz = fwd.act.backward(lam * h, saved)
+        if self.bitwise:
+            gz = fwd.act.backward(lam * h, saved)
+            if level == 0:
+                self.gz[layer] = gz
+            return lam + fwd.ops.input_vjp(gz, x, weight)
+        gz = fwd.act.backward(lam, saved)
         if level == 0:
             self.gz[layer] = gz
-        return lam + fwd.ops.input_vjp(gz, x, weight)
+        return torch.add(lam, fwd.ops.input_vjp(gz, x, weight), alpha=h)
 
     def parameter_grads(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dL/dW, dL/db)`` of ``layer`` from the last fine-level adjoint step through it."""
         fwd = self.forward
         x = fwd.saved[layer][0]
-        return fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
+        grad_weight, grad_bias = fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
+        if not self.bitwise:  # the stored products lack the step size (see the class)
+            grad_weight, grad_bias = grad_weight.mul_(fwd.h), grad_bias.mul_(fwd.h)
+        return grad_weight, grad_bias
 
 
 def coarse_intervals(hierarchy: Any) -> list[tuple[int, int]]:
@@ -146,5 +163,5 @@ class BuiltinSteps:
         return ForwardProblem(x0, weights, spec.h, spec.depth, self.ops, spec.act)
 
     def adjoint_problem(self, terminal: torch.Tensor, forward: ForwardProblem, one_level: bool) -> AdjointProblem:
-        """Adjoint propagation through ``forward``'s layers."""
-        return AdjointProblem(terminal, forward)
+        """Adjoint propagation through ``forward``'s layers (bitwise autograd's on one level)."""
+        return AdjointProblem(terminal, forward, bitwise=one_level)
