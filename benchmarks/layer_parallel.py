@@ -628,7 +628,7 @@ def report(summary: dict) -> None:
         "at P = 1 over P = 2; iters: forward/adjoint MGRIT iterations per call; steps/rank: layer steps per call on each rank "
         f"(the serial forward makes {net['depth']}); ms/step: solve time per step of the busiest rank, forward/adjoint; "
         "MiB sent: whole training step; fwd/adj [s]: forward and adjoint MGRIT solves; rest: the remainder of the step "
-        "(parameter gradients, opening, classifier, loss, broadcasts, SGD)"
+        "(opening, classifier, loss, broadcasts, SGD, and the parameter gradients unless the adjoint took them in its last sweep)"
     )
     for run in runs[1:]:
         m = run["machine"]

@@ -364,3 +364,29 @@ def test_the_multilevel_adjoint_step_applies_the_step_size_once_to_the_same_valu
     for layer in (2, 3):  # the fine steps above went through layers 3 and 2
         for got, expected in zip(folded.parameter_grads(layer), bitwise.parameter_grads(layer)):
             assert torch.allclose(got, expected, rtol=1e-13, atol=1e-15) and expected.abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_builtin_parameter_gradients_taken_in_the_last_sweep_equal_a_pass_of_their_own(kind, monkeypatch):
+    from mgrit_resnet.nn.propagators import AdjointProblem
+
+    shape = dict(in_features=5, width=4) if kind == "dense" else dict(in_channels=1, image_size=6, width=3)
+    spec = NetworkSpec(kind=kind, depth=9, n_classes=3, dtype="float64", **shape)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, *spec.input_shape(), generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+
+    def one_shot():
+        net = LayerParallel(spec, levels=3, coarsening=2, fwd_iters=2, bwd_iters=2, seed=0)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        return {name: p.grad.clone() for name, p in net.named_parameters()}
+
+    calls = []
+    original = AdjointProblem.last_sweep
+    monkeypatch.setattr(AdjointProblem, "last_sweep", lambda self: (calls.append(1), original(self)))
+    announced = one_shot()
+    assert calls == [1], "the adjoint solve announces its last fine sweep once"
+    monkeypatch.setattr(AdjointProblem, "last_sweep", lambda self: None)
+    separate = one_shot()
+    assert announced.keys() == separate.keys() and all(torch.equal(announced[k], separate[k]) for k in separate)
+    assert all(v.abs().max() > 0 for k, v in separate.items() if k.startswith("layers"))

@@ -171,6 +171,22 @@ def test_adjoint_partition_does_not_chain_the_ranks():
     assert relax_only(adj) <= 4  # one F-interval's worth of steps, not a chain over 64 ranks
 
 
+@pytest.mark.parametrize("depth, ranks", [(64, 2), (64, 4), (256, 3), (13, 3), (7, 4), (5, 1), (100, 7)])
+def test_layer_partition_splits_the_layers_evenly_and_keeps_each_adjoint_step_on_its_layers_rank(depth, ranks):
+    from mgrit_resnet.nn.partition import layer_partition, owner_of_layer
+
+    fwd, adj, layers = layer_partition(depth, ranks)
+    counts = [b - a for a, b in zip(layers, layers[1:])]
+    assert sum(counts) == depth and max(counts) - min(counts) <= 1 and min(counts) >= 1
+    assert fwd[0] == 0 and fwd[-1] == depth + 1 and adj[0] == 0 and adj[-1] == depth + 1
+    for rank in range(ranks):
+        for n in range(max(fwd[rank], 1), fwd[rank + 1]):  # the forward step into point n is layer n - 1
+            assert owner_of_layer(n - 1, layers) == rank
+        q = ranks - 1 - rank  # the adjoint runs over the ranks in reverse order
+        for t in range(max(adj[q], 1), adj[q + 1]):  # the adjoint step into point t is layer depth - t
+            assert owner_of_layer(depth - t, layers) == rank
+
+
 def test_data_groups_add_one_gradient_allreduce():
     """D groups run the same schedule at once, then sum gradients: ceil(log2 D) rounds of alpha + beta * bytes."""
     options = dict(levels=2, coarsening=2, min_coarse=2, relax="F", cycle="V", initial_guess="zero")

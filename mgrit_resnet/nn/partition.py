@@ -19,13 +19,15 @@ def layer_partition(depth: int, size: int) -> tuple[list[int], list[int], list[i
     """Block bounds of the forward grid, the adjoint grid and the layers over ``size`` ranks.
 
     Point n of the forward grid is x_n; rank p owns points ``[a_p, a_{p+1})``
-    and the layers that step into them, ``[a_p - 1, a_{p+1} - 1)``. The adjoint
-    grid runs backwards (point t is lambda_{N-t}) over the ranks in reverse
-    order, split so that every adjoint step uses a layer (and stored state) of
-    the same rank.
+    and the layers that step into them, ``[a_p - 1, a_{p+1} - 1)``. The layers
+    are split evenly (rank 0 also holds point 0, which no layer steps into):
+    the layers set each rank's share of the sweeps and of the parameter
+    gradients. The adjoint grid runs backwards (point t is lambda_{N-t}) over
+    the ranks in reverse order, split so that every adjoint step uses a layer
+    (and stored state) of the same rank.
     """
     points = depth + 1
-    fwd = [p * points // size for p in range(size + 1)]
+    fwd = [0] + [p * depth // size + 1 for p in range(1, size)] + [points]
     layers = [0] + [a - 1 for a in fwd[1:]]
     adj = [0] + [depth + 2 - fwd[size - q] for q in range(1, size)] + [points]
     return fwd, adj, layers

@@ -25,7 +25,9 @@ C-point probe, which between them evaluate every layer at its final input):
 the forward keeps each layer's input and activation, the adjoint each layer's
 ``sigma'(z) * h * lambda`` (on more than one level ``sigma'(z) * lambda``, the
 step size applied to the gradients), from which the parameter gradients follow
-without another sweep.
+without another sweep. In a sweep the solver announces as its last (a fixed
+iteration count: one-shot) each fine adjoint step takes its layer's parameter
+gradients at once instead.
 """
 
 from __future__ import annotations
@@ -80,9 +82,21 @@ class AdjointProblem:
         self.n_steps = forward.n_steps
         self.bitwise = bitwise
         self.gz: dict[int, torch.Tensor] = {}
+        self.grads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last_sweep = False
 
     def initial_value(self) -> torch.Tensor:
         return self.terminal
+
+    def last_sweep(self) -> None:
+        """Called by the solver before its last fine sweep: from now on each fine step also takes its layer's parameter gradients.
+
+        They are then made while the step's operands are fresh in cache, on
+        each rank before the solve's closing reduction rather than after it,
+        and no ``sigma'(z) * lambda`` is kept for later.
+        """
+        self._last_sweep = True
+        self.gz.clear()  # a layer missed by the sweep then fails loudly instead of using a stale product
 
     def step(self, lam: torch.Tensor, start: int, stop: int, level: int) -> torch.Tensor:
         fwd = self.forward
@@ -92,20 +106,27 @@ class AdjointProblem:
         h = fwd.h if level == 0 else (stop - start) * fwd.h
         if self.bitwise:
             gz = fwd.act.backward(lam * h, saved)
-            if level == 0:
-                self.gz[layer] = gz
-            return lam + fwd.ops.input_vjp(gz, x, weight)
-        gz = fwd.act.backward(lam, saved)
+            out = lam + fwd.ops.input_vjp(gz, x, weight)
+        else:
+            gz = fwd.act.backward(lam, saved)
+            out = torch.add(lam, fwd.ops.input_vjp(gz, x, weight), alpha=h)
         if level == 0:
-            self.gz[layer] = gz
-        return torch.add(lam, fwd.ops.input_vjp(gz, x, weight), alpha=h)
+            if self._last_sweep:
+                self.grads[layer] = self._parameter_grads(gz, layer)
+            else:
+                self.gz[layer] = gz
+        return out
 
     def parameter_grads(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dL/dW, dL/db)`` of ``layer`` from the last fine-level adjoint step through it."""
+        if layer in self.grads:
+            return self.grads[layer]
+        return self._parameter_grads(self.gz[layer], layer)
+
+    def _parameter_grads(self, gz: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         fwd = self.forward
-        x = fwd.saved[layer][0]
-        grad_weight, grad_bias = fwd.ops.param_vjp(self.gz[layer], x, fwd.weights[layer][0])
-        if not self.bitwise:  # the stored products lack the step size (see the class)
+        grad_weight, grad_bias = fwd.ops.param_vjp(gz, fwd.saved[layer][0], fwd.weights[layer][0])
+        if not self.bitwise:  # the products lack the step size (see the class)
             grad_weight, grad_bias = grad_weight.mul_(fwd.h), grad_bias.mul_(fwd.h)
         return grad_weight, grad_bias
 
