@@ -72,8 +72,8 @@ class AdjointProblem:
     With ``bitwise`` each step makes autograd's operations in autograd's order
     (``sigma'(z) * (h * lambda)``, then ``J^T``), so that the one-level solve
     equals autograd to the last bit. Without it the step size is applied once,
-    in the final addition: one elementwise product fewer per step, about a
-    tenth of an adjoint step; the same values up to rounding.
+    in the final addition: one elementwise product fewer per step (a few per
+    cent of an adjoint step); the same values up to rounding.
     """
 
     def __init__(self, terminal: torch.Tensor, forward: ForwardProblem, bitwise: bool = True):
