@@ -47,3 +47,16 @@ def flip_bytes_in_a_tensor(path: Path, count: int = 64) -> None:
     for k in range(start, start + count):
         raw[k] ^= 0xFF
     path.write_bytes(bytes(raw))
+
+
+def with_and_without_last_sweep(monkeypatch, adjoint_class: type, run):
+    """``run()`` with the solver's last-sweep announcement reaching ``adjoint_class`` and with it ignored.
+
+    Returns both results and how often the first run announced.
+    """
+    calls = []
+    original = adjoint_class.last_sweep
+    monkeypatch.setattr(adjoint_class, "last_sweep", lambda self: (calls.append(1), original(self)))
+    announced = run()
+    monkeypatch.setattr(adjoint_class, "last_sweep", lambda self: None)
+    return announced, run(), len(calls)

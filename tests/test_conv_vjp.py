@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import with_and_without_last_sweep
 from torch import nn
 
 from mgrit_resnet import MGRIT
@@ -98,13 +99,8 @@ def test_parameter_gradients_taken_in_the_last_sweep_equal_a_pass_of_their_own(m
             torch.set_default_dtype(torch.float32)
         return gradients(net, x, y)
 
-    calls = []
-    original = ModuleAdjoint.last_sweep
-    monkeypatch.setattr(ModuleAdjoint, "last_sweep", lambda self: (calls.append(1), original(self)))
-    announced = one_shot()
-    assert calls == [1], "the solver announces its last fine sweep once per solve"
-    monkeypatch.setattr(ModuleAdjoint, "last_sweep", lambda self: None)
-    separate = one_shot()
+    announced, separate, calls = with_and_without_last_sweep(monkeypatch, ModuleAdjoint, one_shot)
+    assert calls == 1, "the solver announces its last fine sweep once per solve"
     assert torch.equal(announced[0], separate[0])
     assert all(torch.equal(announced[1][k], separate[1][k]) for k in separate[1])
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import with_and_without_last_sweep
 
 import mgrit_resnet as mr
 from mgrit_resnet.comm.counting import CountingBackend
@@ -381,12 +382,7 @@ def test_builtin_parameter_gradients_taken_in_the_last_sweep_equal_a_pass_of_the
         torch.nn.functional.cross_entropy(net(x), y).backward()
         return {name: p.grad.clone() for name, p in net.named_parameters()}
 
-    calls = []
-    original = AdjointProblem.last_sweep
-    monkeypatch.setattr(AdjointProblem, "last_sweep", lambda self: (calls.append(1), original(self)))
-    announced = one_shot()
-    assert calls == [1], "the adjoint solve announces its last fine sweep once"
-    monkeypatch.setattr(AdjointProblem, "last_sweep", lambda self: None)
-    separate = one_shot()
+    announced, separate, calls = with_and_without_last_sweep(monkeypatch, AdjointProblem, one_shot)
+    assert calls == 1, "the adjoint solve announces its last fine sweep once"
     assert announced.keys() == separate.keys() and all(torch.equal(announced[k], separate[k]) for k in separate)
     assert all(v.abs().max() > 0 for k, v in separate.items() if k.startswith("layers"))
