@@ -104,12 +104,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "on the (pooled) block output; ``0``: a linear head. The last block's head is the network's linear classifier",
         "tau": "``trgl``: the kinetic penalty of block :math:`k` has weight :math:`1/(2\\tau_k)`; a number gives "
         ":math:`\\tau/2` to the first :math:`K/2` blocks and :math:`\\tau` to the others; ``inf`` is ``local``",
-        "grad_error_target": '``fwd_iters`` or ``bwd_iters = "auto"``: the relative gradient error '
+        "grad_error_target": '``fwd_iters`` or ``bwd_iters = "auto"``: the relative error of the whole gradient '
+        "(every parameter's, the opening's and the classifier's included) "
         ":math:`\\|g - g_\\text{exact}\\| / \\|g_\\text{exact}\\|` to hold, estimated every step from the MGRIT "
         "residuals; halved (at most to an eighth) when an epoch's loss stalls",
-        "grad_check_every": '``"auto"``: steps between exact checks of the gradient error (each one a layer-serial '
-        "forward and adjoint sweep, :math:`2N` layer steps), which calibrate the estimate; more come after a change of the "
-        "iterations and when the estimate drifts",
+        "grad_check_every": '``"auto"``: steps between exact checks of the gradient error (each one the step\'s gradient by '
+        "serial backprop through layer-serial calls, :math:`2N` layer steps), which calibrate the estimate; more come "
+        "after a change of the iterations and when the estimate drifts",
         "auto_max_iters": '``"auto"``: the most iterations one solve may take',
         "checkpoint_every": "epochs (rows of the epoch plan) between two writes of ``checkpoint.pt``; the last is always "
         "written. A one-shot checkpoint carries every batch's warm start, which on a large data set can cost as much to "

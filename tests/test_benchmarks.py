@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import tomllib
 
 import pytest
 from conftest import ROOT, mpirun
@@ -190,6 +191,25 @@ def test_adaptive_takes_a_hierarchy_for_every_run_and_can_hold_the_adjoint(tmp_p
         load(ROOT / "benchmarks" / "adaptive.py").main(["--quick", "--set", "mgrit.levels=zero"])
     err = capsys.readouterr().err
     assert "--set: " in err and "mgrit.levels" in err, "a bad change is refused before any run, naming the key"
+
+
+def test_adaptive_compares_settings_over_seeds_by_their_paired_differences(tmp_path, capsys):
+    adaptive = load(ROOT / "benchmarks" / "adaptive.py")
+    argv = ["--quick", "--cases", "digits", "--targets", "0.1", "--fixed", "1/1", "--seeds", "2", "--out", str(tmp_path / "runs")]
+    rows = adaptive.main(argv)["cases"]["digits"]["rows"]
+    assert [r["setting"] for r in rows] == ["serial", "1/1", "auto 0.1"]
+    serial = rows[0]["val_accuracies"]
+    for r in rows:
+        assert len(r["val_accuracies"]) == 2 and r["val_accuracy"] == pytest.approx(sum(r["val_accuracies"]) / 2)
+        diffs = [100 * (a - b) for a, b in zip(r["val_accuracies"], serial)]
+        assert r["points"] == pytest.approx(sum(diffs) / 2) and r["points_range"] == [min(diffs), max(diffs)]
+    configs = [tomllib.loads((tmp_path / "runs" / f"digits-1_1-seed{k}" / "config.toml").read_text()) for k in (0, 1)]
+    assert [c["train"]["seed"] for c in configs] == [0, 1] and configs[0]["data"] == configs[1]["data"]
+    assert "over 2 seeds" in capsys.readouterr().out
+    for bad, message in ((["--seeds", "0"], "--seeds"), (["--fixed", "2-1"], "--fixed"), (["--fixed", "0/1"], "--fixed")):
+        with pytest.raises(SystemExit):
+            adaptive.main(["--quick", *bad])
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.mpi

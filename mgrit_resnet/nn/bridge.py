@@ -13,7 +13,8 @@ parameter gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ class LayerSolves:
         Whether a backward also measures its error against the exact one.
     stats
         What the last call did.
+    layer_serial
+        Whether calls now solve with the one-level twins and no warm start (:meth:`exact_calls`).
     """
 
     depth: int
@@ -90,6 +93,7 @@ class LayerSolves:
     foreign: list[list[int]]
     track_grad_error: bool = False
     stats: CallStats = field(default_factory=CallStats)
+    layer_serial: bool = False
 
     @classmethod
     def build(
@@ -136,6 +140,16 @@ class LayerSolves:
             depth, backend, layer_bounds, forward, adjoint, serial_forward, serial_adjoint, steps,
             foreign_layers(hierarchy, layer_bounds), track_grad_error,
         )  # fmt: skip
+
+    @contextmanager
+    def exact_calls(self) -> Iterator[None]:
+        """Within it, calls solve with the one-level twins, measure no error and read or write no warm start."""
+        saved = self.forward, self.adjoint, self.track_grad_error
+        self.forward, self.adjoint, self.track_grad_error, self.layer_serial = self.serial_forward, self.serial_adjoint, False, True
+        try:
+            yield
+        finally:
+            (self.forward, self.adjoint, self.track_grad_error), self.layer_serial = saved, False
 
     @property
     def ops(self) -> DenseOps | ConvOps | None:

@@ -6,7 +6,8 @@ the split of layers and states over the ranks in :mod:`~mgrit_resnet.nn.partitio
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -254,6 +255,18 @@ class LayerParallel(nn.Module):
             raise TypeError(f"track_grad_error must be true or false; got {value!r}")
         self._solves.track_grad_error = value
 
+    @contextmanager
+    def exact_calls(self) -> Iterator[None]:
+        """Within it, calls propagate layer-serially: the exact network, differentiable, whatever the solver settings.
+
+        A reference for a one-shot step: the gradient of a loss through calls
+        made here is serial backprop's (to rounding), and they neither read nor
+        change the warm starts, so the one-shot steps around them go on as if
+        they had not been made. Each call costs ``N`` layer steps each way.
+        """
+        with self._solves.exact_calls():
+            yield
+
     def set_iterations(self, fwd_iters: int, bwd_iters: int) -> None:
         """One-shot: the fixed forward and adjoint MGRIT iterations of the calls from now on (every rank must set the same)."""
         check_int("fwd_iters", fwd_iters, minimum=1)
@@ -320,6 +333,8 @@ class LayerParallel(nn.Module):
         """
         weights, weight_bytes = self._layer_weights()
         self._solves.stats = CallStats(weight_bytes=weight_bytes)
+        if self._solves.layer_serial:
+            warm = None
         return LayerFunction.apply(x0, self._solves, weights, warm, torch.is_grad_enabled(), *self._owned_parameters())
 
     @torch.no_grad()
@@ -379,8 +394,13 @@ class LayerParallel(nn.Module):
             code, message = self.spec.input_problem(x) if self.ends else self.spec.state_problem(x)
         check_input_everywhere(self.backend, code, message)
 
-    def warm_entry(self, key: Hashable, fingerprint: tuple) -> WarmStart:
-        """The warm-start entry of the batch ``key``: the one held when its input had this :func:`fingerprint`, else a new, cold one."""
+    def warm_entry(self, key: Hashable, fingerprint: tuple) -> WarmStart | None:
+        """The warm-start entry of the batch ``key``: the one held when its input had this :func:`fingerprint`, else a new, cold one.
+
+        ``None`` within :meth:`exact_calls`, which leave the entries as they are.
+        """
+        if self._solves.layer_serial:
+            return None
         entry = self._warm.get(key)
         if entry is None or entry.fingerprint != fingerprint:
             entry = self._warm[key] = WarmStart(fingerprint)

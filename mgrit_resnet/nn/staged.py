@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -157,6 +158,14 @@ class StagedParallel(StagedNetwork):
             if s < len(self.transitions):
                 state = self._transition(s, state)
         return self.closing(state)
+
+    @contextmanager
+    def exact_calls(self) -> Iterator[None]:
+        """Within it, every stage propagates layer-serially (:meth:`LayerParallel.exact_calls`): the exact network, differentiable."""
+        with ExitStack() as stack:
+            for stage in self.stages:
+                stack.enter_context(stage.exact_calls())
+            yield
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

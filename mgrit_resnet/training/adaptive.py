@@ -18,9 +18,11 @@ after every iteration, at no cost; the error is tied to them by
 
 with :math:`r_f`, :math:`r_a` the last forward and adjoint residuals. The
 coefficients are fitted (relative least squares, newer checks weigh more)
-from exact checks: a step with ``track_grad_error`` also runs the layer-serial
-forward and adjoint sweeps (:math:`2N` layer steps) and measures the relative
-error of its gradient. With one check, or with checks that all saw the same
+from exact checks: a checked step also takes its loss's gradient by serial
+backprop through layer-serial calls (:meth:`~mgrit_resnet.nn.LayerParallel.exact_calls`,
+:math:`2N` layer steps) and measures the relative error of the whole gradient
+the optimiser sees: the layers', and the opening's and the closing's, which the
+forward solve's error reaches through the final state and the loss. With one check, or with checks that all saw the same
 ratio :math:`r_f / r_a`, the two terms are taken to weigh alike (a small ridge
 towards that split); checks at other counts separate them.
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import AUTO_ITERS, callable_name
 from ..nn import LayerParallel, StagedParallel, parallel_from_config, serial_from_config
+from ..nn.bridge import relative_error
 
 #: The layer-parallel networks: their calls are collective and take a warm-start key.
 PARALLEL = (LayerParallel, StagedParallel)
@@ -34,10 +35,15 @@ def loss_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: f
     -------
     The weighted loss and the number of correct predictions.
     """
-    logits = module(x, key=key) if isinstance(module, PARALLEL) else module(x)
-    loss = nn.functional.cross_entropy(logits, y) * weight
+    loss, logits = _loss(module, x, y, weight, key)
     loss.backward()
     return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+
+def _loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted cross-entropy of ``module`` on the batch and the logits."""
+    logits = module(x, key=key) if isinstance(module, PARALLEL) else module(x)
+    return nn.functional.cross_entropy(logits, y) * weight, logits
 
 
 class TrainModel:
@@ -52,6 +58,8 @@ class TrainModel:
     :attr:`layer_steps` counts this data group's layer steps (the solves'
     propagator calls on every level and rank, forward and adjoint; ``serial``:
     ``2 N`` per step; an exact check of the gradient error adds its ``2 N``).
+    :attr:`grad_error` is the last exact check's relative error of the whole
+    gradient (:meth:`check_next`), ``None`` after a step without one.
 
     ``probe``, a batch of the training data, goes once through a user network
     (``network.kind = "module"``) when it is built: a sample shape its opening
@@ -72,6 +80,8 @@ class TrainModel:
         self.parallel = isinstance(self.module, PARALLEL)
         self.depth = sum(self.module.depths) if hasattr(self.module, "depths") else self.module.depth  # all stages' layers
         self.layer_steps = 0
+        self.grad_error: float | None = None
+        self._check = False
         self.dtype: torch.dtype = self.module.dtype  # the inputs' dtype, for built-in and user networks alike
         if probe is not None and cfg.network.kind == "module":
             self._probe(probe, cfg.network.module)
@@ -104,18 +114,52 @@ class TrainModel:
         return list(self.module.named_parameters())
 
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[float, int]:
-        """:func:`loss_backward` of this network; counts its layer steps into :attr:`layer_steps`."""
+        """:func:`loss_backward` of this network; counts its layer steps into :attr:`layer_steps`.
+
+        After :meth:`check_next`, the same loss's gradient is first taken by
+        layer-serial calls (:meth:`~mgrit_resnet.nn.LayerParallel.exact_calls`)
+        and :attr:`grad_error` is the relative error of the step's gradient against it.
+        """
+        exact = self._exact_gradients(x, y, weight) if self._check else None
+        before = None if exact is None else [None if p.grad is None else p.grad.clone() for _, p in self.named_parameters()]
         result = loss_backward(self.module, x, y, weight, key)
         self.layer_steps += self._call_steps()
+        self.grad_error = None if exact is None else self._gradient_error(exact, before)
         return result
+
+    def _exact_gradients(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> list[torch.Tensor | None]:
+        """The gradient of the step's loss by layer-serial calls: serial backprop's, with ``.grad`` and the warm starts left alone."""
+        params = [p for _, p in self.named_parameters()]
+        with self.module.exact_calls():
+            loss, _ = _loss(self.module, x, y, weight, None)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self.layer_steps += self._call_steps()
+        return list(grads)
+
+    def _gradient_error(self, exact: list[torch.Tensor | None], before: list[torch.Tensor | None]) -> float:
+        """Collective: the relative 2-norm error of what the last call added to ``.grad`` against ``exact``, over the whole network.
+
+        Every rank holds its own layers' parameters and a copy of the
+        replicated ones (opening, closing, transitions): those count once.
+        """
+        owned = {id(p) for network in self._networks() for p in network.layers.parameters()}
+        first = self.module.backend.rank == 0
+        diff = norm = 0.0
+        for (_, p), e, old in zip(self.named_parameters(), exact, before):
+            if e is None or (id(p) not in owned and not first):
+                continue
+            g = torch.zeros_like(e) if p.grad is None else p.grad if old is None else p.grad - old
+            diff += float((g - e).double().pow(2).sum())
+            norm += float(e.double().pow(2).sum())
+        backend = self.module.backend
+        return relative_error(backend.allreduce_sum(diff), backend.allreduce_sum(norm))
 
     def _call_steps(self) -> int:
         """Layer steps of the last forward and backward call, summed over this group's ranks (the same on each of them)."""
         if not self.parallel:
             return 2 * self.depth
         s = self.module.stats
-        steps = sum(s.forward.get("steps_per_rank") or ()) + sum(s.adjoint.get("steps_per_rank") or ())
-        return steps + (2 * self.depth if s.grad_error is not None else 0)  # an exact check: a serial sweep each way
+        return sum(s.forward.get("steps_per_rank") or ()) + sum(s.adjoint.get("steps_per_rank") or ())
 
     def _networks(self) -> list[LayerParallel]:
         """The layer-parallel networks whose solves a step runs (the stages of a staged network, else the one)."""
@@ -127,15 +171,21 @@ class TrainModel:
             network.set_iterations(fwd, bwd)
 
     def check_next(self, check: bool) -> None:
-        """Whether the next steps also measure their gradient error exactly (``track_grad_error``: a serial sweep each way)."""
-        self.module.track_grad_error = check
+        """Whether the next steps also measure the error of their whole gradient against serial backprop's.
+
+        An exact check (:attr:`grad_error`) costs a layer-serial call each way,
+        ``2 N`` layer steps. Its error is that of everything the optimiser
+        sees: the layers' gradients, and the opening's and the closing's, which
+        the forward solve's error reaches through the final state and the loss.
+        """
+        self._check = check
 
     def solve_report(self) -> list[float]:
         """The last step's iterations, first and last residuals of each solve and exact error (NaN: none), as
         ``[fwd_iters, bwd_iters, fwd_first, fwd_last, adj_first, adj_last, grad_error]`` (this group's)."""
         s = self.module.stats
         fwd, adj = s.forward.get("residuals") or [0.0], s.adjoint.get("residuals") or [0.0]
-        error = float("nan") if s.grad_error is None else s.grad_error
+        error = float("nan") if self.grad_error is None else self.grad_error
         return [float(len(fwd)), float(len(adj)), fwd[0], fwd[-1], adj[0], adj[-1], error]
 
     @torch.no_grad()
