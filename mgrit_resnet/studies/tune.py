@@ -105,27 +105,31 @@ def gradient_error(cfg: Any, steps: int, batches: int = 4) -> float:
     """Median relative gradient error of one-shot steps of ``cfg`` over the second half of ``steps`` optimiser steps.
 
     The steps cycle the first ``batches`` batches of the training set, warm-started per batch as in training.
+    The error is that of the whole gradient against serial backprop's
+    (:func:`~mgrit_resnet.training.models.checked_loss_backward`), the error
+    that the auto mode's checks measure.
     """
     from ..nn import parallel_from_config
     from ..training.adaptive import require_fixed_counts
     from ..training.data import load_dataset
+    from ..training.models import checked_loss_backward
     from ..training.optim import make_optimizer
-    from .perfmodel import training_step
 
     t = cfg.train
     require_fixed_counts(t, "measuring the gradient error of a one-shot step")
     dataset = load_dataset(cfg.data, cfg.network)
     chosen = dataset.batches(0, t.batch_size, t.seed)[:batches]
     par = parallel_from_config(  # a LayerParallel, or a StagedParallel for a network of stages
-        cfg.network, cfg.mgrit, seed=t.seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=t.warm_start, track_grad_error=True
+        cfg.network, cfg.mgrit, seed=t.seed, fwd_iters=t.fwd_iters, bwd_iters=t.bwd_iters, warm_start=t.warm_start
     )
     optimizer = make_optimizer(t, list(par.parameters()))
     x = dataset.train_x.to(par.dtype)
     errors = []
     for step in range(steps):
         b = step % len(chosen)
-        training_step(par, optimizer, x[chosen[b]], dataset.train_y[chosen[b]], key=b)
-        errors.append(par.stats.grad_error)
+        optimizer.zero_grad(set_to_none=True)
+        errors.append(checked_loss_backward(par, x[chosen[b]], dataset.train_y[chosen[b]], key=b)[2])
+        optimizer.step()
     return statistics.median(errors[len(errors) // 2 :])
 
 

@@ -40,6 +40,38 @@ def loss_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: f
     return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
 
 
+def checked_loss_backward(
+    module: LayerParallel | StagedParallel, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0, key: Any = None
+) -> tuple[float, int, float]:
+    """:func:`loss_backward` of a layer-parallel network with an exact check of the gradient it adds (collective).
+
+    The same loss's gradient is first taken by layer-serial calls
+    (:meth:`~mgrit_resnet.nn.LayerParallel.exact_calls`: serial backprop's,
+    ``N`` layer steps each way, the warm starts left alone). Returns the loss,
+    the correct predictions and the relative 2-norm error of the gradient over
+    the whole network: the layers', and the opening's and the closing's, which
+    the forward solve's error reaches through the final state and the loss.
+    """
+    params = list(module.parameters())
+    with module.exact_calls():
+        loss, _ = _loss(module, x, y, weight, None)
+        exact = torch.autograd.grad(loss, params, allow_unused=True)
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    loss_value, right = loss_backward(module, x, y, weight, key)
+    # Every rank holds its own layers and a copy of the replicated modules (opening, closing, transitions): count those once.
+    owned = {id(p) for network in getattr(module, "stages", None) or [module] for p in network.layers.parameters()}
+    first = module.backend.rank == 0
+    diff = norm = 0.0
+    for p, e, old in zip(params, exact, before):
+        if e is None or (id(p) not in owned and not first):
+            continue
+        g = torch.zeros_like(e) if p.grad is None else p.grad if old is None else p.grad - old
+        diff += float((g - e).double().pow(2).sum())
+        norm += float(e.double().pow(2).sum())
+    error = relative_error(module.backend.allreduce_sum(diff), module.backend.allreduce_sum(norm))
+    return loss_value, right, error
+
+
 def _loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted cross-entropy of ``module`` on the batch and the logits."""
     logits = module(x, key=key) if isinstance(module, PARALLEL) else module(x)
@@ -116,43 +148,17 @@ class TrainModel:
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[float, int]:
         """:func:`loss_backward` of this network; counts its layer steps into :attr:`layer_steps`.
 
-        After :meth:`check_next`, the same loss's gradient is first taken by
-        layer-serial calls (:meth:`~mgrit_resnet.nn.LayerParallel.exact_calls`)
-        and :attr:`grad_error` is the relative error of the step's gradient against it.
+        After :meth:`check_next`, :func:`checked_loss_backward`: :attr:`grad_error`
+        is then the relative error of the step's whole gradient against serial backprop's.
         """
-        exact = self._exact_gradients(x, y, weight) if self._check else None
-        before = None if exact is None else [None if p.grad is None else p.grad.clone() for _, p in self.named_parameters()]
-        result = loss_backward(self.module, x, y, weight, key)
-        self.layer_steps += self._call_steps()
-        self.grad_error = None if exact is None else self._gradient_error(exact, before)
-        return result
-
-    def _exact_gradients(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> list[torch.Tensor | None]:
-        """The gradient of the step's loss by layer-serial calls: serial backprop's, with ``.grad`` and the warm starts left alone."""
-        params = [p for _, p in self.named_parameters()]
-        with self.module.exact_calls():
-            loss, _ = _loss(self.module, x, y, weight, None)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        self.layer_steps += self._call_steps()
-        return list(grads)
-
-    def _gradient_error(self, exact: list[torch.Tensor | None], before: list[torch.Tensor | None]) -> float:
-        """Collective: the relative 2-norm error of what the last call added to ``.grad`` against ``exact``, over the whole network.
-
-        Every rank holds its own layers' parameters and a copy of the
-        replicated ones (opening, closing, transitions): those count once.
-        """
-        owned = {id(p) for network in self._networks() for p in network.layers.parameters()}
-        first = self.module.backend.rank == 0
-        diff = norm = 0.0
-        for (_, p), e, old in zip(self.named_parameters(), exact, before):
-            if e is None or (id(p) not in owned and not first):
-                continue
-            g = torch.zeros_like(e) if p.grad is None else p.grad if old is None else p.grad - old
-            diff += float((g - e).double().pow(2).sum())
-            norm += float(e.double().pow(2).sum())
-        backend = self.module.backend
-        return relative_error(backend.allreduce_sum(diff), backend.allreduce_sum(norm))
+        if not self._check:
+            self.grad_error = None
+            result = loss_backward(self.module, x, y, weight, key)
+            self.layer_steps += self._call_steps()
+            return result
+        loss, right, self.grad_error = checked_loss_backward(self.module, x, y, weight, key)
+        self.layer_steps += self._call_steps() + 2 * self.depth  # the exact gradient: a layer-serial call each way
+        return loss, right
 
     def _call_steps(self) -> int:
         """Layer steps of the last forward and backward call, summed over this group's ranks (the same on each of them)."""
