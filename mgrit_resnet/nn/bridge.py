@@ -144,12 +144,12 @@ class LayerSolves:
     @contextmanager
     def exact_calls(self) -> Iterator[None]:
         """Within it, calls solve with the one-level twins, measure no error and read or write no warm start."""
-        saved = self.forward, self.adjoint, self.track_grad_error
+        saved = self.forward, self.adjoint, self.track_grad_error, self.layer_serial
         self.forward, self.adjoint, self.track_grad_error, self.layer_serial = self.serial_forward, self.serial_adjoint, False, True
         try:
             yield
         finally:
-            (self.forward, self.adjoint, self.track_grad_error), self.layer_serial = saved, False
+            self.forward, self.adjoint, self.track_grad_error, self.layer_serial = saved
 
     @property
     def ops(self) -> DenseOps | ConvOps | None:

@@ -22,9 +22,10 @@ from exact checks: a checked step also takes its loss's gradient by serial
 backprop through layer-serial calls (:meth:`~mgrit_resnet.nn.LayerParallel.exact_calls`,
 :math:`2N` layer steps) and measures the relative error of the whole gradient
 the optimiser sees: the layers', and the opening's and the closing's, which the
-forward solve's error reaches through the final state and the loss. With one check, or with checks that all saw the same
-ratio :math:`r_f / r_a`, the two terms are taken to weigh alike (a small ridge
-towards that split); checks at other counts separate them.
+forward solve's error reaches through the final state and the loss. With one
+check, or with checks that all saw the same ratio :math:`r_f / r_a`, the two
+terms are taken to weigh alike (a small ridge towards that split); checks at
+other counts separate them.
 
 To predict the error at other counts, each solve's residual after its first
 iteration :math:`r_1` and its contraction per iteration :math:`\\rho` are

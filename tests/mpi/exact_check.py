@@ -25,8 +25,8 @@ cases = json.loads(sys.argv[2])
 report = {}
 for name, (config, overrides) in cases.items():
     cfg = mr.load_config(config, overrides)
-    models = [prepare(cfg, comm)[2] for _ in range(2)]
-    _, dataset, _ = prepare(cfg, comm)
+    prepared = [prepare(cfg, comm) for _ in range(2)]
+    models, dataset = [p[2] for p in prepared], prepared[0][1]
     index = dataset.batches(0, cfg.train.batch_size, 0)[0]
     x, y = dataset.train_x[index].to(models[0].dtype), dataset.train_y[index]
 
