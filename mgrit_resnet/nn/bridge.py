@@ -13,7 +13,7 @@ parameter gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,12 +243,20 @@ class LayerSolves:
         """
         exact_problem, _ = self.forward_solve(self.serial_forward, problem.x0, problem.weights)
         exact_lam0, exact_grads, _ = self.adjoint_solve(self.serial_adjoint, exact_problem, grad_final)
-        diff = sum(float((g - e).double().pow(2).sum()) for g, e in zip(grads, exact_grads))
-        norm = sum(float(e.double().pow(2).sum()) for e in exact_grads)
+        pairs = list(zip(grads, exact_grads))
         if self.backend.rank == 0:  # the input gradient is replicated: count it once
-            diff += float((lam0 - exact_lam0).double().pow(2).sum())
-            norm += float(exact_lam0.double().pow(2).sum())
+            pairs.append((lam0, exact_lam0))
+        diff, norm = error_terms(pairs)
         return self.backend.allreduce_sum(diff), self.backend.allreduce_sum(norm)
+
+
+def error_terms(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Squared 2-norms, in float64, of ``value - exact`` and of ``exact``, summed over the pairs ``(value, exact)``."""
+    diff = norm = 0.0
+    for value, exact in pairs:
+        diff += float((value - exact).double().pow(2).sum())
+        norm += float(exact.double().pow(2).sum())
+    return diff, norm
 
 
 def relative_error(diff: float, norm: float) -> float:

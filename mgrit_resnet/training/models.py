@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import AUTO_ITERS, callable_name
 from ..nn import LayerParallel, StagedParallel, parallel_from_config, serial_from_config
-from ..nn.bridge import relative_error
+from ..nn.bridge import error_terms, relative_error
 
 #: The layer-parallel networks: their calls are collective and take a warm-start key.
 PARALLEL = (LayerParallel, StagedParallel)
@@ -59,17 +59,20 @@ def checked_loss_backward(
     before = [None if p.grad is None else p.grad.clone() for p in params]
     loss_value, right = loss_backward(module, x, y, weight, key)
     # Every rank holds its own layers and a copy of the replicated modules (opening, closing, transitions): count those once.
-    owned = {id(p) for network in getattr(module, "stages", None) or [module] for p in network.layers.parameters()}
+    owned = {id(p) for network in layer_networks(module) for p in network.layers.parameters()}
     first = module.backend.rank == 0
-    diff = norm = 0.0
-    for p, e, old in zip(params, exact, before):
-        if e is None or (id(p) not in owned and not first):
-            continue
-        g = torch.zeros_like(e) if p.grad is None else p.grad if old is None else p.grad - old
-        diff += float((g - e).double().pow(2).sum())
-        norm += float(e.double().pow(2).sum())
-    error = relative_error(module.backend.allreduce_sum(diff), module.backend.allreduce_sum(norm))
-    return loss_value, right, error
+    pairs = [
+        (torch.zeros_like(e) if p.grad is None else p.grad if old is None else p.grad - old, e)
+        for p, e, old in zip(params, exact, before)
+        if e is not None and (first or id(p) in owned)
+    ]
+    diff, norm = error_terms(pairs)
+    return loss_value, right, relative_error(module.backend.allreduce_sum(diff), module.backend.allreduce_sum(norm))
+
+
+def layer_networks(module: LayerParallel | StagedParallel) -> list[LayerParallel]:
+    """The layer-parallel networks whose solves a call of ``module`` runs (the stages of a staged network, else the one)."""
+    return list(getattr(module, "stages", None) or [module])
 
 
 def _loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,13 +170,9 @@ class TrainModel:
         s = self.module.stats
         return sum(s.forward.get("steps_per_rank") or ()) + sum(s.adjoint.get("steps_per_rank") or ())
 
-    def _networks(self) -> list[LayerParallel]:
-        """The layer-parallel networks whose solves a step runs (the stages of a staged network, else the one)."""
-        return list(getattr(self.module, "stages", None) or [self.module])
-
     def set_iterations(self, fwd: int, bwd: int) -> None:
         """One-shot: the forward and adjoint MGRIT iterations of the next steps (the same on every rank)."""
-        for network in self._networks():
+        for network in layer_networks(self.module):
             network.set_iterations(fwd, bwd)
 
     def check_next(self, check: bool) -> None:
